@@ -1,0 +1,4 @@
+"""Attacks: plain callables on ``(B, 3, H, W)`` images in [0, 1], budgets in pixel units (/255)."""
+from nrp_lightning.attacks.ssp import SSP, project_linf, random_start, ssp
+
+__all__ = ["SSP", "project_linf", "random_start", "ssp"]

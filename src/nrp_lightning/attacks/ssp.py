@@ -1,0 +1,92 @@
+"""Self-Supervised Perturbation (SSP, Algorithm 1): label-free, maximizes feature distortion.
+
+``x' = R(x)``, then ``T`` times: ``x' <- Proj(x' + kappa * sign(grad_x' d(F(x'), F(x))))`` where
+``Proj`` clips to the l_inf ball of radius ``eps`` around ``x`` and to [0, 1].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nrp_lightning.losses import feature_distance
+
+RANDOM_STARTS = ("normal", "uniform", "none")
+
+
+def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Clip ``x_adv`` into ``[x - eps, x + eps]`` and then into [0, 1]. ``eps`` in [0, 1] units."""
+    return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+
+
+def random_start(x: torch.Tensor, eps: float, kind: str = "normal", generator: torch.Generator | None = None) -> torch.Tensor:
+    """R(x): ``normal`` adds N(0, 1) noise (the authors' script) and ``uniform`` U(-eps, eps) noise,
+    each projected into the ball; ``none`` starts at ``x``."""
+    if kind == "none":
+        return x.clone()
+    if kind == "normal":
+        noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+    elif kind == "uniform":
+        noise = (torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator) * 2 - 1) * eps
+    else:
+        raise ValueError(f"random_start must be one of {RANDOM_STARTS}, got {kind!r}")
+    return project_linf(x + noise, x, eps)
+
+
+def ssp(
+    x: torch.Tensor,
+    features: nn.Module,
+    eps: float = 16.0,
+    step_size: float = 2.55,
+    steps: int = 100,
+    distance: str = "mse",
+    start: str = "normal",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """SSP adversaries of a batch.
+
+    Args:
+        x: clean images ``(B, 3, H, W)`` in [0, 1], on any device.
+        features: frozen feature extractor F (takes [0, 1] images).
+        eps: l_inf budget in pixel units (/255); the paper uses 16.
+        step_size: kappa in pixel units (/255); the authors' 0.01 is 2.55.
+        steps: T, the number of sign-gradient steps.
+        distance: ``mse`` (authors' attack), ``mae`` or ``cosine``.
+        start: random start R: ``normal``, ``uniform`` or ``none``.
+    Returns:
+        ``x'`` of the same shape, detached, with ``|x' - x|_inf <= eps/255`` and values in [0, 1].
+    """
+    if eps < 0 or step_size < 0 or steps < 0:
+        raise ValueError(f"SSP needs eps, step_size, steps >= 0, got {eps}, {step_size}, {steps}")
+    x = x.detach()
+    eps_01, kappa = eps / 255.0, step_size / 255.0
+    with torch.no_grad():
+        feat_clean = features(x)
+    x_adv = random_start(x, eps_01, start, generator)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = feature_distance(features(x_adv), feat_clean, distance)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        with torch.no_grad():
+            x_adv = project_linf(x_adv + kappa * grad.sign(), x, eps_01)
+    return x_adv.detach()
+
+
+@dataclass
+class SSP:
+    """SSP with its settings bound, so it can be built from a config: ``SSP(eps=16)(x, features)``."""
+
+    eps: float = 16.0
+    step_size: float = 2.55
+    steps: int = 10
+    distance: str = "mse"
+    start: str = "normal"
+
+    def __post_init__(self) -> None:
+        if self.start not in RANDOM_STARTS:
+            raise ValueError(f"SSP start must be one of {RANDOM_STARTS}, got {self.start!r}")
+        feature_distance(torch.zeros(1, 1), torch.zeros(1, 1), self.distance)  # validates the name early
+
+    def __call__(self, x: torch.Tensor, features: nn.Module, generator: torch.Generator | None = None) -> torch.Tensor:
+        return ssp(x, features, self.eps, self.step_size, self.steps, self.distance, self.start, generator)

@@ -1,0 +1,230 @@
+"""Training data: image sources and the datamodule that streams random crops (Sec. 4.1).
+
+A *source* is a sequence of images: ``len(source)``, ``source.load(i) -> (3, H, W)`` in [0, 1]
+(or ``ImageLoadError``) and ``source.name(i)``. Two ship here:
+
+* ``ImageFolder``: any folder of images, e.g. COCO ``train2017/``, optionally a random subset of
+  N images (the paper's 25k);
+* ``EmbeddedImages``: the real photos that installed packages ship (scikit-image, scikit-learn,
+  matplotlib), so training runs offline.
+
+``RandomCrops`` resizes (optionally) and crops.
+Training crops draw from torch's RNG (seeded per worker and per rank by Lightning), so
+they differ every epoch; validation crops are fixed by ``(seed, index)``.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from nrp_lightning.images import ImageLoadError, array_to_tensor, list_images, load_image
+
+log = logging.getLogger(__name__)
+
+
+def _skimage(name: str) -> Callable[[], list]:
+    def load() -> list:
+        import skimage.data
+
+        out = getattr(skimage.data, name)()
+        return list(out[:2]) if name == "stereo_motorcycle" else [out]  # left and right views
+    return load
+
+
+def _sklearn(index: int) -> Callable[[], list]:
+    def load() -> list:
+        from sklearn.datasets import load_sample_images
+
+        return [load_sample_images().images[index]]
+    return load
+
+
+def _grace_hopper() -> list:
+    import matplotlib.cbook
+    from PIL import Image
+
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        import numpy as np
+
+        return [np.asarray(Image.open(f).convert("RGB"))]
+
+
+EMBEDDED_PHOTOS: dict[str, Callable[[], list]] = {
+    "astronaut": _skimage("astronaut"),
+    "chelsea": _skimage("chelsea"),
+    "coffee": _skimage("coffee"),
+    "rocket": _skimage("rocket"),
+    "motorcycle": _skimage("stereo_motorcycle"),
+    "china": _sklearn(0),
+    "flower": _sklearn(1),
+    "grace_hopper": _grace_hopper,
+}
+
+
+class EmbeddedImages:
+    """Real photos shipped by installed packages (no download). ``names``: a subset of
+    ``EMBEDDED_PHOTOS`` (default all: 9 images, 300-600 px)."""
+
+    def __init__(self, names: list[str] | None = None) -> None:
+        names = list(names) if names else list(EMBEDDED_PHOTOS)
+        unknown = sorted(set(names) - set(EMBEDDED_PHOTOS))
+        if unknown:
+            raise ValueError(f"unknown embedded photos {unknown}; available: {sorted(EMBEDDED_PHOTOS)}")
+        self.images: list[torch.Tensor] = []
+        self.names: list[str] = []
+        for name in names:
+            arrays = EMBEDDED_PHOTOS[name]()
+            for k, arr in enumerate(arrays):
+                self.images.append(array_to_tensor(arr))
+                self.names.append(name if len(arrays) == 1 else f"{name}_{k}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+    def name(self, i: int) -> str:
+        return self.names[i]
+
+
+class ImageFolder:
+    """Images under ``root`` (recursive). ``subset``: keep a random N of them (seeded), as the
+    paper's 25k random COCO images."""
+
+    def __init__(self, root: str, subset: int | None = None, seed: int = 0) -> None:
+        self.root = Path(root).expanduser()
+        paths = list_images(self.root)
+        if not paths:
+            raise FileNotFoundError(f"no images found under {self.root} (extensions: jpg, png, ...)")
+        if subset is not None and subset < len(paths):
+            paths = sorted(random.Random(seed).sample(paths, subset))
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, i: int) -> torch.Tensor:
+        return load_image(self.paths[i])
+
+    def name(self, i: int) -> str:
+        return str(self.paths[i].relative_to(self.root))
+
+
+class Subset:
+    """Indices ``indices`` of ``source``, itself a source."""
+
+    def __init__(self, source, indices: list[int]) -> None:
+        self.source, self.indices = source, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, i: int) -> torch.Tensor:
+        return self.source.load(self.indices[i])
+
+    def name(self, i: int) -> str:
+        return self.source.name(self.indices[i])
+
+
+def resize_for_crop(img: torch.Tensor, crop_size: int, resize: int | None) -> torch.Tensor:
+    """Resize ``(3, H, W)`` to ``resize x resize`` (paper: 480) when given; then upscale, keeping
+    the aspect ratio, so that the shorter side is at least ``crop_size``."""
+    if resize:
+        img = F.interpolate(img[None], size=(resize, resize), mode="bilinear", antialias=True, align_corners=False)[0]
+    h, w = img.shape[-2:]
+    if min(h, w) < crop_size:
+        scale = crop_size / min(h, w)
+        size = (max(crop_size, round(h * scale)), max(crop_size, round(w * scale)))
+        img = F.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0]
+    return img.clamp(0.0, 1.0)
+
+
+class RandomCrops(Dataset):
+    """``length`` random ``crop_size`` crops from a source; item ``i`` is image ``i mod len(source)``.
+
+    Unreadable images are skipped with a warning (the next image is used) and counted in
+    ``skipped``; the epoch never dies on one bad file. ``fixed=True`` gives the same crops every
+    epoch (validation); otherwise positions come from torch's global RNG.
+    """
+
+    def __init__(self, source, crop_size: int = 128, length: int = 1000, resize: int | None = None,
+                 seed: int = 0, fixed: bool = False) -> None:
+        if len(source) == 0:
+            raise ValueError("RandomCrops got an empty image source")
+        self.source, self.crop_size, self.length, self.resize = source, crop_size, length, resize
+        self.seed, self.fixed = seed, fixed
+        self.skipped: set[str] = set()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _load(self, i: int) -> torch.Tensor:
+        n = len(self.source)
+        for k in range(n):
+            j = (i + k) % n
+            try:
+                return self.source.load(j)
+            except ImageLoadError as exc:
+                name = self.source.name(j)
+                if name not in self.skipped:
+                    self.skipped.add(name)
+                    log.warning("skipping unreadable image (%d so far): %s", len(self.skipped), exc)
+        raise RuntimeError(f"none of the {n} images of the source could be read")
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        img = resize_for_crop(self._load(i % len(self.source)), self.crop_size, self.resize)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i) if self.fixed else None
+        h, w = img.shape[-2:]
+        top = int(torch.randint(0, h - self.crop_size + 1, (1,), generator=g))
+        left = int(torch.randint(0, w - self.crop_size + 1, (1,), generator=g))
+        return img[:, top:top + self.crop_size, left:left + self.crop_size].contiguous()
+
+
+class NRPDataModule(pl.LightningDataModule):
+    """Random crops for NRP training and fixed crops of held-out images for validation.
+
+    Args:
+        source: an image source (``ImageFolder``, ``EmbeddedImages``, ...).
+        crop_size: crop side in pixels (paper: 128).
+        resize: resize every image to ``resize x resize`` first (paper: 480), or ``None``.
+        batch_size: per process (paper: 16 over 4 GPUs).
+        samples_per_epoch: crops per epoch (default: one per training image).
+        val_images: images held out from training for validation (taken after a seeded shuffle).
+        val_crops: fixed validation crops, spread over the held-out images.
+    """
+
+    def __init__(self, source, crop_size: int = 128, resize: int | None = None, batch_size: int = 16,
+                 num_workers: int = 0, samples_per_epoch: int | None = None, val_images: int = 1,
+                 val_crops: int = 8, seed: int = 0, pin_memory: bool = False) -> None:
+        super().__init__()
+        if crop_size < 32:
+            raise ValueError(f"crop_size must be >= 32 (the critic's five stride-2 blocks), got {crop_size}")
+        if not 0 <= val_images < len(source):
+            raise ValueError(f"val_images must be in [0, {len(source) - 1}] for a source of {len(source)} images, got {val_images}")
+        self.source, self.crop_size, self.resize, self.batch_size = source, crop_size, resize, batch_size
+        self.num_workers, self.seed, self.pin_memory = num_workers, seed, pin_memory
+        order = list(range(len(source)))
+        random.Random(seed).shuffle(order)
+        val_idx, train_idx = sorted(order[:val_images]), sorted(order[val_images:])
+        self.train_set = RandomCrops(Subset(source, train_idx), crop_size, samples_per_epoch or len(train_idx), resize, seed)
+        self.val_set = (RandomCrops(Subset(source, val_idx), crop_size, val_crops, resize, seed + 1, fixed=True)
+                        if val_images else None)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+                          drop_last=shuffle and len(dataset) >= self.batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []

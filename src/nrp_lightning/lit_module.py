@@ -1,0 +1,191 @@
+"""The NRP min-max game (Algorithm 2) as a LightningModule with manual optimization.
+
+Each training step: SSP adversaries of the batch (gradients through F only), purify, one
+purifier step on ``alpha·L_adv + gamma·L_img + lambda·L_feat`` (Eq. 8), one critic step.
+
+Note on step counts: with two optimizers stepped by hand, Lightning's ``global_step`` counts
+*optimizer* steps, i.e. two per iteration; configs therefore set ``trainer.max_steps`` to
+``2 * steps`` (see ``conf/train.yaml``) and we log ``iteration`` separately.
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics.functional.image import peak_signal_noise_ratio
+
+from nrp_lightning.losses import ALPHA, GAMMA, GAN_LOSSES, LAMBDA, feature_distance, feature_loss, pixel_loss
+
+Attack = Callable[[torch.Tensor, nn.Module], torch.Tensor]  # (x in [0,1], features) -> x_adv
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of ``(B,3,H,W)`` images in [0, 1] (``a`` clamped first)."""
+    return peak_signal_noise_ratio(a.detach().float().clamp(0, 1), b.float(), data_range=1.0)
+
+
+class NRPModule(pl.LightningModule):
+    """Purifier P, critic C, frozen feature extractor F and an attack producing x' from x.
+
+    Args:
+        purifier, critic, features: the three networks (``features`` stays frozen).
+        attack: ``attack(x, features) -> x_adv``; SSP for NRP, other inputs for ablations.
+        alpha, gamma, lam: weights of L_adv, L_img, L_feat (paper: 5e-3, 1e-2, 1).
+        gan_loss: ``ragan`` (paper) or ``vanilla``.
+        lr_purifier, lr_critic, betas: Adam settings (paper: 1e-4 for both).
+        channels_last: NHWC memory format for the three networks and the inputs.
+        compile: ``torch.compile`` the three networks (in place: state-dict keys do not change).
+        fused_adam: fused Adam kernels when every parameter is on a CUDA device.
+        seed: per-rank seed for SSP random starts and crops (``seed + global_rank``).
+    """
+
+    def __init__(self, purifier: nn.Module, critic: nn.Module, features: nn.Module, attack: Attack,
+                 alpha: float = ALPHA, gamma: float = GAMMA, lam: float = LAMBDA, gan_loss: str = "ragan",
+                 lr_purifier: float = 1e-4, lr_critic: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
+                 channels_last: bool = False, compile: bool = False, fused_adam: bool = True, seed: int = 0) -> None:
+        super().__init__()
+        if gan_loss not in GAN_LOSSES:
+            raise ValueError(f"gan_loss must be one of {sorted(GAN_LOSSES)}, got {gan_loss!r}")
+        if min(alpha, gamma, lam) < 0:
+            raise ValueError(f"loss weights must be >= 0, got alpha={alpha} gamma={gamma} lam={lam}")
+        self.automatic_optimization = False
+        self.save_hyperparameters(ignore=["purifier", "critic", "features", "attack"])
+        self.purifier, self.critic, self.features, self.attack = purifier, critic, features, attack
+        self.generator_gan_loss, self.critic_gan_loss = GAN_LOSSES[gan_loss]
+        self._rng_to_restore: dict | None = None
+
+    # ----------------------------------------------------------------- setup
+    def configure_model(self) -> None:
+        if self.hparams.channels_last:
+            for net in (self.purifier, self.critic, self.features):
+                net.to(memory_format=torch.channels_last)
+        if self.hparams.compile:
+            for net in (self.purifier, self.critic, self.features):
+                net.compile()
+
+    def configure_optimizers(self):
+        def adam(params, lr):
+            params = [p for p in params if p.requires_grad]
+            fused = self.hparams.fused_adam and all(p.is_cuda for p in params)
+            return torch.optim.Adam(params, lr=lr, betas=tuple(self.hparams.betas), fused=fused or None)
+        return adam(self.purifier.parameters(), self.hparams.lr_purifier), adam(self.critic.parameters(), self.hparams.lr_critic)
+
+    def on_fit_start(self) -> None:
+        # Different SSP random starts and crops on every rank; a resumed run restores its own RNG.
+        if self._rng_to_restore is None:
+            pl.seed_everything(self.hparams.seed + self.global_rank, workers=True, verbose=False)
+        else:
+            _set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["nrp_rng_states"] = _get_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("nrp_rng_states")
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
+    # ------------------------------------------------------- Algorithm 2 parts
+    def find_adversaries(self, x: torch.Tensor) -> torch.Tensor:
+        """Line 3: x' from x (SSP in NRP; Gaussian noise or FGSM in the ablations)."""
+        return self.attack(x, self.features)
+
+    def purifier_loss(self, x: torch.Tensor, purified: torch.Tensor, feat_clean: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Eq. 8 and its three terms. The critic sees real images without gradient."""
+        hp = self.hparams
+        logits_real = self.critic(x).detach()
+        l_adv = self.generator_gan_loss(self.critic(purified), logits_real) if hp.alpha > 0 else purified.new_zeros(())
+        l_img = pixel_loss(purified, x)
+        l_feat = feature_loss(self.features(purified), feat_clean) if hp.lam > 0 else purified.new_zeros(())
+        loss = hp.alpha * l_adv + hp.gamma * l_img + hp.lam * l_feat
+        return {"loss_purifier": loss, "loss_adv": l_adv, "loss_img": l_img, "loss_feat": l_feat}
+
+    def critic_loss(self, x: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
+        """Line 6: the critic learns to tell x from P(x')."""
+        return self.critic_gan_loss(self.critic(x), self.critic(purified.detach()))
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, x: torch.Tensor, batch_idx: int) -> None:
+        opt_purifier, opt_critic = self.optimizers()
+        x = self._prepare(x)
+        with torch.no_grad():
+            feat_clean = self.features(x)
+        x_adv = self.find_adversaries(x)
+        purified = self.purifier(x_adv)
+
+        self.toggle_optimizer(opt_purifier)
+        terms = self.purifier_loss(x, purified, feat_clean)
+        opt_purifier.zero_grad(set_to_none=True)
+        self.manual_backward(terms["loss_purifier"])
+        opt_purifier.step()
+        self.untoggle_optimizer(opt_purifier)
+
+        self.toggle_optimizer(opt_critic)
+        loss_critic = self.critic_loss(x, purified)
+        opt_critic.zero_grad(set_to_none=True)
+        self.manual_backward(loss_critic)
+        opt_critic.step()
+        self.untoggle_optimizer(opt_critic)
+
+        with torch.no_grad():
+            metrics = {f"train/{k}": v.detach() for k, v in terms.items()}
+            metrics["train/loss_critic"] = loss_critic.detach()
+            metrics.update({f"train/{k}": v for k, v in self.purification_metrics(x, x_adv, purified, feat_clean).items()})
+        self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=False)
+        self.log("train/loss", terms["loss_purifier"].detach(), prog_bar=True)
+
+    def purification_metrics(self, x: torch.Tensor, x_adv: torch.Tensor, purified: torch.Tensor,
+                             feat_clean: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Feature distance (MAE in F) and PSNR against x, before and after purification."""
+        purified = purified.clamp(0, 1)
+        return {
+            "feat_dist_adv": feature_distance(self.features(x_adv), feat_clean, "mae"),
+            "feat_dist_purified": feature_distance(self.features(purified), feat_clean, "mae"),
+            "psnr_adv": psnr(x_adv, x),
+            "psnr_purified": psnr(purified, x),
+        }
+
+    def validation_step(self, x: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
+        x = self._prepare(x)
+        with torch.enable_grad():  # SSP needs input gradients (trainer.inference_mode must be false)
+            x_adv = self.find_adversaries(x)
+        with torch.no_grad():
+            purified = self.purifier(x_adv).clamp(0, 1)
+            metrics = self.purification_metrics(x, x_adv, purified, self.features(x))
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_epoch=True, sync_dist=True,
+                      batch_size=x.shape[0])
+        return {"clean": x, "adversarial": x_adv, "purified": purified}
+
+
+def _get_rng_states() -> dict:
+    np_state = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy_key": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_meta": [int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": _python_state_to_list(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    meta = states["numpy_meta"]
+    np.random.set_state(("MT19937", states["numpy_key"].numpy().astype(np.uint32), meta[0], meta[1], meta[2]))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _python_state_to_list(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]

