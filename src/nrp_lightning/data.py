@@ -195,7 +195,7 @@ class NRPDataModule(pl.LightningDataModule):
         source: an image source (``ImageFolder``, ``EmbeddedImages``, ...).
         crop_size: crop side in pixels (paper: 128).
         resize: resize every image to ``resize x resize`` first (paper: 480), or ``None``.
-        batch_size: per process (paper: 16 over 4 GPUs).
+        batch_size: global batch, split evenly over the processes (paper: 16 over 4 GPUs).
         samples_per_epoch: crops per epoch (default: one per training image).
         val_images: images held out from training for validation (taken after a seeded shuffle).
         val_crops: fixed validation crops, spread over the held-out images.
@@ -209,7 +209,10 @@ class NRPDataModule(pl.LightningDataModule):
             raise ValueError(f"crop_size must be >= 32 (the critic's five stride-2 blocks), got {crop_size}")
         if not 0 <= val_images < len(source):
             raise ValueError(f"val_images must be in [0, {len(source) - 1}] for a source of {len(source)} images, got {val_images}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.source, self.crop_size, self.resize, self.batch_size = source, crop_size, resize, batch_size
+        self.per_process_batch_size = batch_size
         self.num_workers, self.seed, self.pin_memory = num_workers, seed, pin_memory
         order = list(range(len(source)))
         random.Random(seed).shuffle(order)
@@ -218,10 +221,16 @@ class NRPDataModule(pl.LightningDataModule):
         self.val_set = (RandomCrops(Subset(source, val_idx), crop_size, val_crops, resize, seed + 1, fixed=True)
                         if val_images else None)
 
+    def setup(self, stage: str | None = None) -> None:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world:
+            raise ValueError(f"data.batch_size={self.batch_size} (global) is not divisible by {world} processes")
+        self.per_process_batch_size = self.batch_size // world
+
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+        return DataLoader(dataset, batch_size=self.per_process_batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
-                          drop_last=shuffle and len(dataset) >= self.batch_size)
+                          drop_last=shuffle and len(dataset) >= self.per_process_batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -1,0 +1,43 @@
+"""Where the Hydra configs live, the resolvers they use, and composing them outside a CLI."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def optimizer_steps(iterations: int) -> int:
+    """Lightning's ``global_step`` for ``iterations`` of Algorithm 2 (two optimizers step each)."""
+    return 2 * int(iterations)
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("optimizer_steps"):
+        OmegaConf.register_new_resolver("optimizer_steps", optimizer_steps)
+
+
+def conf_dir() -> str:
+    if not (CONF_DIR / "train.yaml").is_file():
+        raise FileNotFoundError(f"Hydra configs not found at {CONF_DIR}; install nrp-lightning from its "
+                                "source tree with `pip install -e .` so that conf/ sits beside src/")
+    return str(CONF_DIR)
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "train", run_dir: str | None = None) -> DictConfig:
+    """The resolved config of ``python train.py OVERRIDES`` without running it (tests, notebooks).
+
+    ``run_dir`` stands in for Hydra's output folder.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=True)
+    if run_dir is not None:
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)  # so that ${hydra:runtime.output_dir} resolves
+    return cfg

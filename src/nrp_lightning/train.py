@@ -1,0 +1,110 @@
+"""Train a purifier: ``python train.py experiment=NAME [overrides]`` (or ``nrp-train``).
+
+Builds every object from the Hydra config (``conf/``), runs Algorithm 2 with Lightning, writes
+``config, logs, checkpoints/, samples/, purifier.pth`` into the run folder and, with
+``report=true``, prints the held-out purification table.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+import zipfile
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from nrp_lightning.config import conf_dir, register_resolvers
+from nrp_lightning.lit_module import NRPModule
+
+log = logging.getLogger(__name__)
+
+# Expected here, not problems: F is frozen in eval mode; checkpoints hold the state after the step.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
+
+
+class RunExistsError(RuntimeError):
+    """The run folder already holds checkpoints and neither resume nor a new run name was asked."""
+
+
+def build_module(cfg: DictConfig) -> NRPModule:
+    """NRPModule from the ``model`` (purifier), ``critic``, ``backbone``, ``attack``, ``loss`` and
+    ``module`` groups."""
+    inst = lambda node: hydra.utils.instantiate(node, _convert_="all")  # noqa: E731  (plain Python values)
+    return NRPModule(
+        purifier=inst(cfg.model), critic=inst(cfg.critic), features=inst(cfg.backbone), attack=inst(cfg.attack),
+        **OmegaConf.to_container(cfg.loss), **OmegaConf.to_container(cfg.module), seed=cfg.seed,
+    )
+
+
+def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """A torch zip checkpoint whose archive is intact (a kill mid-write leaves a torn one)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.testzip() is None
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def find_resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint to continue from: ``ckpt_path`` if given; with ``resume=true`` the newest
+    intact checkpoint of the run folder; ``None`` for a fresh run. A fresh run in a folder that
+    already holds checkpoints is refused, so nothing is overwritten by accident."""
+    if cfg.ckpt_path:
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={path} does not exist")
+        return str(path)
+    ckpt_dir = Path(cfg.paths.run_dir) / "checkpoints"
+    found = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if ckpt_dir.is_dir() else []
+    if not cfg.resume:
+        if found:
+            raise RunExistsError(
+                f"{ckpt_dir} already holds checkpoints of an earlier run. Add resume=true to continue it, "
+                f"or run_name=<new name> to start another run beside it.")
+        return None
+    for path in found:
+        if is_complete_checkpoint(path):
+            log.info("resuming from %s", path)
+            return str(path)
+        log.warning("ignoring torn checkpoint %s", path)
+    log.warning("resume=true but no checkpoint in %s: starting a fresh run", ckpt_dir)
+    return None
+
+
+def train(cfg: DictConfig) -> dict:
+    """Runs one training job; returns the run folder, the exported purifier and the report."""
+    register_resolvers()
+    run_dir = Path(cfg.paths.run_dir)
+    ckpt_path = find_resume_checkpoint(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    module = build_module(cfg)
+    trainer = build_trainer(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    result = {"run_dir": str(run_dir), "purifier": str(run_dir / "purifier.pth"), "global_step": trainer.global_step}
+    if cfg.report and trainer.is_global_zero and datamodule.val_set is not None:
+        from nrp_lightning.report import purification_report
+
+        result["report"] = purification_report(module, datamodule, run_dir)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
+def main(cfg: DictConfig) -> None:
+    """nrp-train: train an NRP purifier (Algorithm 2). Hydra overrides, e.g. experiment=demo steps=50."""
+    train(cfg)
+
+
+register_resolvers()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The real Hydra composition, the real NRPModule and Trainer, and resume after SIGKILL."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nrp_lightning.config import CONF_DIR, compose
+from nrp_lightning.train import RunExistsError, build_module, train
+
+ROOT = Path(__file__).resolve().parents[1]
+# A tiny but complete run: real photos, real SSP, real RRDB purifier and VGG critic.
+TINY = ["experiment=demo", "model.nf=8", "model.nb=1", "model.gc=4", "critic.nf=4", "critic.fc_dim=8",
+        "data.crop_size=32", "data.batch_size=2", "data.val_crops=2", "data.source.names=[astronaut,chelsea,coffee]",
+        "data.val_images=1", "attack.steps=2", "backbone.layer=4"]
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_resolves(experiment, tmp_path):
+    cfg = compose([f"experiment={experiment}"], run_dir=str(tmp_path))
+    assert cfg.trainer.max_steps == 2 * cfg.steps
+    assert cfg.callbacks.model_checkpoint.dirpath == f"{tmp_path}/checkpoints"
+    assert cfg.experiment_name == experiment
+
+
+def test_nrp_full_is_the_paper_setup(tmp_path):
+    cfg = compose(["experiment=nrp_full"], run_dir=str(tmp_path))
+    assert (cfg.model.nf, cfg.model.nb, cfg.model.gc) == (64, 23, 32)
+    assert (cfg.data.crop_size, cfg.data.resize, cfg.data.batch_size, cfg.data.source.subset) == (128, 480, 16, 25000)
+    assert cfg.backbone._target_.endswith("vgg16") and cfg.backbone.layer == 16
+    assert (cfg.loss.alpha, cfg.loss.gamma, cfg.loss.lam, cfg.loss.gan_loss) == (5e-3, 1e-2, 1.0, "ragan")
+    assert (cfg.module.lr_purifier, cfg.module.lr_critic) == (1e-4, 1e-4)
+    assert cfg.attack.eps == 16 and cfg.trainer.devices == 4
+
+
+def test_training_step_updates_purifier_and_critic_but_never_the_features(tmp_path):
+    cfg = compose(TINY + ["steps=2", "val_every=1", "checkpoint_every=1", "trainer.log_every_n_steps=1"],
+                  run_dir=str(tmp_path))
+    module = build_module(cfg)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    result = train(cfg)
+    module_after = torch.load(result["purifier"], weights_only=True)
+    assert result["global_step"] == 4  # 2 iterations x 2 optimizers
+    assert set(module_after) == {k.removeprefix("purifier.") for k in before if k.startswith("purifier.")}
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    state = ckpt["state_dict"]
+    changed = lambda prefix: any(not torch.equal(before[k], state[k]) for k in before if k.startswith(prefix))  # noqa: E731
+    assert changed("purifier.") and changed("critic.")
+    assert not changed("features.")
+    assert set(result["report"]) == {"feat_dist_adv", "feat_dist_purified", "psnr_adv", "psnr_purified"}
+    metrics = (tmp_path / "csv" / "metrics.csv").read_text()
+    for name in ("train/loss_adv", "train/loss_img", "train/loss_feat", "train/loss_critic", "train/psnr_purified",
+                 "train/feat_dist_adv", "val/feat_dist_purified"):
+        assert name in metrics
+    assert list((tmp_path / "samples").glob("step_*.png")) and (tmp_path / "report_grid.png").is_file()
+
+
+def test_a_second_fresh_run_in_the_same_folder_is_refused(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(RunExistsError, match="resume=true"):
+        train(compose(TINY + ["steps=1"], run_dir=str(tmp_path)))
+
+
+def _train_cmd(out_root: Path, run_name: str, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), *TINY, "steps=12", "checkpoint_every=3", "val_every=1000",
+            "data.samples_per_epoch=6", "report=false", f"run_name={run_name}", *extra]
+
+
+def _env(out_root: Path) -> dict:
+    return {**os.environ, "NRP_OUTPUT_ROOT": str(out_root), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+    """Kill -9 after the first checkpoint, resume with resume=true: the final purifier is
+    bit-identical to the one of an uninterrupted run (same steps, optimizer states and RNG)."""
+    subprocess.run(_train_cmd(tmp_path, "straight"), env=_env(tmp_path), check=True, capture_output=True, timeout=300)
+
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(tmp_path, "killed"), env=_env(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list((run_dir / "checkpoints").glob("step=*.ckpt")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < killed_at < 24
+
+    again = subprocess.run(_train_cmd(tmp_path, "killed"), env=_env(tmp_path), capture_output=True, text=True)
+    assert again.returncode != 0 and "resume=true" in again.stderr  # no silent restart over the old run
+
+    subprocess.run(_train_cmd(tmp_path, "killed", "resume=true"), env=_env(tmp_path), check=True,
+                   capture_output=True, timeout=300)
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == 24
+    straight = torch.load(tmp_path / "straight" / "purifier.pth", weights_only=True)
+    resumed = torch.load(run_dir / "purifier.pth", weights_only=True)
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
