@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nrp_lightning.config import CONF_DIR, compose
-from nrp_lightning.train import RunExistsError, build_module, train
+from nrp_lightning.train import RunExistsError, build_module, is_complete_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # A tiny but complete run: real photos, real SSP, real RRDB purifier and VGG critic.
@@ -86,12 +86,13 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     proc = subprocess.Popen(_train_cmd(tmp_path, "killed"), env=_env(tmp_path), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not list((run_dir / "checkpoints").glob("step=*.ckpt")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    while not (last.is_file() and is_complete_checkpoint(last)) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    killed_at = torch.load(last, weights_only=True)["global_step"]
     assert 0 < killed_at < 24
 
     again = subprocess.run(_train_cmd(tmp_path, "killed"), env=_env(tmp_path), capture_output=True, text=True)

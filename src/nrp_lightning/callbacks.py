@@ -69,10 +69,19 @@ class ExportPurifier(pl.Callback):
     def export(self, pl_module) -> None:
         state = {k: v.detach().cpu().clone() for k, v in pl_module.purifier.state_dict().items()}
         save_state_dict(state, self.path)
+        log.info("exported purifier state dict to %s", self.path)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self.export(pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.export(pl_module)
-        log.info("exported purifier state dict to %s", self.path)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, pl.loggers.WandbLogger):
+                    import wandb
+
+                    artifact = wandb.Artifact(f"purifier-{logger.experiment.id}", type="model",
+                                              metadata={"global_step": trainer.global_step})
+                    artifact.add_file(str(self.path))
+                    logger.experiment.log_artifact(artifact)

@@ -1,6 +1,7 @@
 """Where the Hydra configs live, the resolvers they use, and composing them outside a CLI."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -13,9 +14,21 @@ def optimizer_steps(iterations: int) -> int:
     return 2 * int(iterations)
 
 
+def job_dirname(num: int, task_overrides: list[str], max_len: int = 100) -> str:
+    """A multirun job's folder name: its number and its config-group choices, e.g.
+    ``1_ablation=gnp`` (``experiment=`` and ``a.b=`` value overrides only when there is no choice)."""
+    overrides = [o.lstrip("+~") for o in task_overrides if not o.lstrip("+~").startswith(("experiment=", "hydra"))]
+    choices = [o for o in overrides if (CONF_DIR / o.split("=", 1)[0]).is_dir()]
+    name = ",".join(choices or overrides).replace("/", "_") or "job"
+    if len(name) > max_len:
+        name = f"{name[:max_len - 9]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return f"{num}_{name}"
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("optimizer_steps"):
-        OmegaConf.register_new_resolver("optimizer_steps", optimizer_steps)
+    for name, fn in (("optimizer_steps", optimizer_steps), ("job_dirname", job_dirname)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 def conf_dir() -> str:

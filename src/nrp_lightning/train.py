@@ -7,6 +7,8 @@ Builds every object from the Hydra config (``conf/``), runs Algorithm 2 with Lig
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -80,6 +82,39 @@ def find_resume_checkpoint(cfg: DictConfig) -> str | None:
     return None
 
 
+def run_config(cfg: DictConfig) -> dict:
+    """The resolved config of this run as plain Python (without Hydra's own node), for loggers."""
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+
+
+def pin_ddp_children_to_this_job() -> None:
+    """Lightning's DDP launcher starts the other ranks by re-running ``sys.argv`` with
+    ``hydra.run.dir=<HydraConfig run.dir>``. Under ``-m`` that would re-run the whole sweep in
+    every rank and write outside this job's folder, so point both at this job only."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import read_write
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    hc = HydraConfig.get()
+    sys.argv = [sys.argv[0], *hc.overrides.task]
+    with read_write(hc):
+        hc.run.dir = hc.runtime.output_dir
+
+
+def leave_distributed(environ: dict) -> None:
+    """After a DDP fit: leave the process group and drop the variables Lightning's launcher set
+    (LOCAL_RANK, MASTER_PORT, ...), so the next job of a multirun launches its own ranks."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for key in set(os.environ) - set(environ):
+        del os.environ[key]
+    os.environ.update(environ)
+
+
 def train(cfg: DictConfig) -> dict:
     """Runs one training job; returns the run folder, the exported purifier and the report."""
     register_resolvers()
@@ -88,8 +123,15 @@ def train(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     module = build_module(cfg)
+    pin_ddp_children_to_this_job()
     trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(run_config(cfg))
+    environ = dict(os.environ)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    finally:
+        leave_distributed(environ)
     result = {"run_dir": str(run_dir), "purifier": str(run_dir / "purifier.pth"), "global_step": trainer.global_step}
     if cfg.report and trainer.is_global_zero and datamodule.val_set is not None:
         from nrp_lightning.report import purification_report

@@ -1,0 +1,166 @@
+"""Ablations, attack/backbone groups, multirun folders, W&B fallback, DDP and multi-node configs."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nrp_lightning.config import CONF_DIR, compose
+from nrp_lightning.train import build_module
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.test_train import TINY  # noqa: E402
+
+ABLATIONS = sorted(p.stem for p in (CONF_DIR / "ablation").glob("*.yaml"))
+
+
+def _module(tmp_path, *overrides):
+    base = TINY if not {"ablation=gnp", "ablation=fgsp"} & set(overrides) else [o for o in TINY if not o.startswith("attack.")]
+    return build_module(compose(base + list(overrides), run_dir=str(tmp_path)))
+
+
+def _step_terms(module, x):
+    """One purifier-loss evaluation exactly as training_step does it (without optimizer steps)."""
+    feat_clean = module.features(x)
+    purified = module.purifier(module.find_adversaries(x))
+    return module.purifier_loss(x, purified, feat_clean)
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+@pytest.mark.parametrize("experiment", ["demo", "nrp_full"])
+def test_every_ablation_composes_with_every_experiment(ablation, experiment, tmp_path):
+    cfg = compose([f"experiment={experiment}", f"ablation={ablation}"], run_dir=str(tmp_path))
+    assert cfg.ablation_name == ablation and cfg.run_name == f"{experiment}-{ablation}"
+
+
+def test_gnp_never_calls_ssp(tmp_path, monkeypatch):
+    import nrp_lightning.attacks.ssp as ssp_module
+
+    def forbidden(*a, **k):
+        raise AssertionError("SSP called in the GNP ablation")
+
+    monkeypatch.setattr(ssp_module, "ssp", forbidden)
+    module = _module(tmp_path, "ablation=gnp", "attack.sigma=8")
+    x = torch.rand(2, 3, 32, 32)
+    x_noisy = module.find_adversaries(x)
+    assert 0 < (x_noisy - x).std() < 0.1 and x_noisy.min() >= 0 and x_noisy.max() <= 1
+    with pytest.raises(AssertionError, match="SSP called"):
+        _module(tmp_path, "ablation=none").find_adversaries(x)
+
+
+def test_no_feat_has_zero_feature_loss_gradient(tmp_path):
+    x = torch.rand(2, 3, 32, 32)
+    for ablation, expect_zero in (("no_feat", True), ("none", False)):
+        module = _module(tmp_path, f"ablation={ablation}")
+        terms = _step_terms(module, x)
+        feat_part = module.hparams.lam * terms["loss_feat"]
+        if expect_zero:
+            assert not feat_part.requires_grad or not any(
+                g is not None and g.abs().sum() > 0
+                for g in torch.autograd.grad(feat_part, list(module.purifier.parameters()), allow_unused=True))
+        else:
+            grads = torch.autograd.grad(feat_part, list(module.purifier.parameters()), allow_unused=True)
+            assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("ablation,check", [
+    ("no_pixel", lambda m: m.hparams.gamma == 0), ("no_adv", lambda m: m.hparams.alpha == 0),
+    ("vanilla_gan", lambda m: m.generator_gan_loss.__name__ == "vanilla_generator_loss"),
+])
+def test_loss_ablations_change_the_purifier_objective(ablation, check, tmp_path):
+    full, ablated = _module(tmp_path, "ablation=none"), _module(tmp_path, f"ablation={ablation}")
+    ablated.load_state_dict(full.state_dict())
+    assert check(ablated)
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    torch.manual_seed(1)
+    a = _step_terms(full, x)["loss_purifier"]
+    torch.manual_seed(1)
+    b = _step_terms(ablated, x)["loss_purifier"]
+    assert not torch.isclose(a, b)
+
+
+def test_fgsp_attacks_a_classifier_with_its_own_prediction(tmp_path):
+    module = _module(tmp_path, "ablation=fgsp", "attack.eps=8")
+    x = torch.rand(2, 3, 32, 32)
+    x_adv = module.find_adversaries(x)
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and (x_adv != x).any()
+    clf = module.attack.classifier
+    label = clf(x).argmax(1)
+    ce = torch.nn.functional.cross_entropy
+    assert ce(clf(x_adv), label) > ce(clf(x), label)
+
+
+def test_backbone_group_reaches_every_extractor(tmp_path):
+    for overrides, name in [(["backbone=vgg16", "backbone.pretrained=false", "backbone.layer=9"], "vgg16[:9]"),
+                            (["backbone=vgg19", "backbone.pretrained=false"], "vgg19[:18]"),
+                            (["backbone=mobilenet_v2", "backbone.layer=4"], "mobilenet_v2[:4]"),
+                            (["backbone=timm", "backbone.model_name=resnet18", "backbone.pretrained=false",
+                              "backbone.out_index=1"], "resnet18@1")]:
+        base = [o for o in TINY if not o.startswith("backbone.")]
+        module = build_module(compose(base + overrides, run_dir=str(tmp_path)))
+        assert module.features.name == name
+        assert module.features(torch.rand(1, 3, 32, 32)).ndim == 4
+
+
+def test_wandb_logger_falls_back_to_offline_without_a_key(tmp_path, monkeypatch):
+    from nrp_lightning import loggers
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert loggers.wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr(loggers, "_reachable", lambda *a, **k: False)
+    assert loggers.wandb_mode() == "offline"
+
+
+def test_wandb_logger_config_builds_offline_with_tags(tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = compose(TINY + ["logger=wandb", "ablation=no_feat"], run_dir=str(tmp_path))
+    logger = instantiate(cfg.logger.wandb)
+    try:
+        run = logger.experiment
+        assert run.settings.mode == "offline" or os.environ.get("WANDB_MODE") == "offline"
+        assert {"experiment=demo", "ablation=no_feat", "backbone=mobilenet_v2", "attack=ssp_fast"} <= set(run.tags)
+    finally:
+        import wandb
+
+        wandb.finish()
+
+
+def test_multinode_slurm_launcher_composes(tmp_path):
+    cfg = compose(["experiment=nrp_full", "hydra/launcher=slurm", "trainer.num_nodes=2"], run_dir=str(tmp_path))
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.nodes == 2 and launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4
+
+
+@pytest.mark.slow
+def test_ddp_multirun_two_ablations_two_ranks(tmp_path):
+    """`-m ablation=none,no_feat` with 2 CPU processes each (gloo): two job folders, no re-run
+    sweep, different crops on each rank, identical parameters on both ranks."""
+    env = {**os.environ, "NRP_OUTPUT_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *TINY, "ablation=none,no_feat", "steps=3",
+           "val_every=1000", "report=false", "trainer.accelerator=cpu", "trainer.devices=2",
+           "trainer.strategy=ddp_find_unused_parameters_true", "data.batch_size=4",
+           "+callbacks.rank_probe._target_=tests.rank_probe.SaveRankParameters",
+           "+callbacks.rank_probe.dirpath=${paths.run_dir}/ranks"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = sorted((p.parent for p in tmp_path.glob("multirun/*/*/*/ranks")), key=lambda p: p.name)
+    assert [j.name for j in jobs] == ["0_ablation=none", "1_ablation=no_feat"]
+    assert len(list(tmp_path.glob("multirun/*/*"))) == 1  # one sweep, not one per rank
+    for job in jobs:
+        r0, r1 = (torch.load(job / "ranks" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+        assert r0["world_size"] == r1["world_size"] == 2
+        assert r0["first_batch"].shape[0] == 2  # global batch 4 split over 2 ranks
+        assert not torch.equal(r0["first_batch"], r1["first_batch"])
+        for k in r0["state"]:
+            assert torch.equal(r0["state"][k], r1["state"][k]), k
+        assert (job / "purifier.pth").is_file() and (job / "checkpoints" / "last.ckpt").is_file()
