@@ -144,10 +144,10 @@ def test_multinode_slurm_launcher_composes(tmp_path):
 @pytest.mark.slow
 def test_ddp_multirun_two_ablations_two_ranks(tmp_path):
     """`-m ablation=none,no_feat` with 2 CPU processes each (gloo): two job folders, no re-run
-    sweep, different crops on each rank, identical parameters on both ranks."""
+    sweep, different crops on each rank, identical parameters on both ranks; the sweep's table."""
     env = {**os.environ, "NRP_OUTPUT_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", *TINY, "ablation=none,no_feat", "steps=3",
-           "val_every=1000", "report=false", "trainer.accelerator=cpu", "trainer.devices=2",
+           "val_every=1000", "val_attack.steps=1", "trainer.accelerator=cpu", "trainer.devices=2",
            "trainer.strategy=ddp_find_unused_parameters_true", "data.batch_size=4",
            "+callbacks.rank_probe._target_=tests.rank_probe.SaveRankParameters",
            "+callbacks.rank_probe.dirpath=${paths.run_dir}/ranks"]
@@ -164,3 +164,9 @@ def test_ddp_multirun_two_ablations_two_ranks(tmp_path):
         for k in r0["state"]:
             assert torch.equal(r0["state"][k], r1["state"][k]), k
         assert (job / "purifier.pth").is_file() and (job / "checkpoints" / "last.ckpt").is_file()
+
+    from experiments.collect_ablations import collect, markdown
+
+    rows = collect(jobs[0].parent)
+    assert [r["ablation"] for r in rows] == ["none", "no_feat"]
+    assert markdown(rows).count("\n") == 3 and all(r["psnr_adv"] > 0 for r in rows)

@@ -34,6 +34,8 @@ class NRPModule(pl.LightningModule):
     Args:
         purifier, critic, features: the three networks (``features`` stays frozen).
         attack: ``attack(x, features) -> x_adv``; SSP for NRP, other inputs for ablations.
+        val_attack: the attack of validation and the final report (default ``attack``); SSP for
+            every ablation, so that their numbers compare.
         alpha, gamma, lam: weights of L_adv, L_img, L_feat (paper: 5e-3, 1e-2, 1).
         gan_loss: ``ragan`` (paper) or ``vanilla``.
         lr_purifier, lr_critic, betas: Adam settings (paper: 1e-4 for both).
@@ -44,7 +46,7 @@ class NRPModule(pl.LightningModule):
     """
 
     def __init__(self, purifier: nn.Module, critic: nn.Module, features: nn.Module, attack: Attack,
-                 alpha: float = ALPHA, gamma: float = GAMMA, lam: float = LAMBDA, gan_loss: str = "ragan",
+                 val_attack: Attack | None = None, alpha: float = ALPHA, gamma: float = GAMMA, lam: float = LAMBDA, gan_loss: str = "ragan",
                  lr_purifier: float = 1e-4, lr_critic: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
                  channels_last: bool = False, compile: bool = False, fused_adam: bool = True, seed: int = 0) -> None:
         super().__init__()
@@ -53,8 +55,9 @@ class NRPModule(pl.LightningModule):
         if min(alpha, gamma, lam) < 0:
             raise ValueError(f"loss weights must be >= 0, got alpha={alpha} gamma={gamma} lam={lam}")
         self.automatic_optimization = False
-        self.save_hyperparameters(ignore=["purifier", "critic", "features", "attack"])
+        self.save_hyperparameters(ignore=["purifier", "critic", "features", "attack", "val_attack"])
         self.purifier, self.critic, self.features, self.attack = purifier, critic, features, attack
+        self.val_attack = val_attack if val_attack is not None else attack
         self.generator_gan_loss, self.critic_gan_loss = GAN_LOSSES[gan_loss]
         self._rng_to_restore: dict | None = None
 
@@ -154,7 +157,7 @@ class NRPModule(pl.LightningModule):
     def validation_step(self, x: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
         x = self._prepare(x)
         with torch.enable_grad():  # SSP needs input gradients (trainer.inference_mode must be false)
-            x_adv = self.find_adversaries(x)
+            x_adv = self.val_attack(x, self.features)
         with torch.no_grad():
             purified = self.purifier(x_adv).clamp(0, 1)
             metrics = self.purification_metrics(x, x_adv, purified, self.features(x))

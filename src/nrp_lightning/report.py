@@ -1,6 +1,7 @@
 """Does the purifier do something? Feature distance and PSNR on held-out crops, before and after."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ from nrp_lightning.lit_module import NRPModule
 
 
 def purification_report(module: NRPModule, datamodule, run_dir: str | Path) -> dict[str, float]:
-    """Attacks the validation crops with the module's attack, purifies them, prints a table and
+    """Attacks the validation crops with the module's ``val_attack`` (SSP), purifies them, prints a table and
     saves ``report_grid.png`` (rows clean / adversarial / purified). Returns the mean metrics:
     ``feat_dist_adv``, ``feat_dist_purified`` (MAE in feature space) and ``psnr_adv``,
     ``psnr_purified`` (dB against the clean crop)."""
@@ -23,7 +24,7 @@ def purification_report(module: NRPModule, datamodule, run_dir: str | Path) -> d
     for x in datamodule.val_dataloader():
         x = x.to(device)
         with torch.enable_grad():
-            x_adv = module.find_adversaries(x)
+            x_adv = module.val_attack(x, module.features)
         with torch.no_grad():
             purified = module.purifier(x_adv).clamp(0, 1)
             metrics = module.purification_metrics(x, x_adv, purified, module.features(x))
@@ -34,11 +35,12 @@ def purification_report(module: NRPModule, datamodule, run_dir: str | Path) -> d
             first = (x, x_adv, purified)
     means = {k: v / n for k, v in totals.items()}
     grid_path = save_png(sample_grid(*first), Path(run_dir) / "report_grid.png")
-    attack = module.attack
+    attack = module.val_attack
     print(f"\nheld-out crops: {n} ({len(datamodule.val_set.source)} images), attack: {attack}, "
           f"features: {getattr(module.features, 'name', type(module.features).__name__)}")
     print(f"{'':22s}{'feat_dist (MAE)':>16s}{'PSNR (dB)':>12s}")
     print(f"{'adversarial x′':22s}{means['feat_dist_adv']:16.4f}{means['psnr_adv']:12.2f}")
     print(f"{'purified P(x′)':22s}{means['feat_dist_purified']:16.4f}{means['psnr_purified']:12.2f}")
     print(f"sample grid: {grid_path}")
+    (Path(run_dir) / "report.json").write_text(json.dumps({**means, "crops": n, "attack": repr(attack)}, indent=2))
     return means

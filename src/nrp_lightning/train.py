@@ -33,10 +33,11 @@ class RunExistsError(RuntimeError):
 
 def build_module(cfg: DictConfig) -> NRPModule:
     """NRPModule from the ``model`` (purifier), ``critic``, ``backbone``, ``attack``, ``loss`` and
-    ``module`` groups."""
+    ``module`` groups and the ``val_attack`` node."""
     inst = lambda node: hydra.utils.instantiate(node, _convert_="all")  # noqa: E731  (plain Python values)
     return NRPModule(
         purifier=inst(cfg.model), critic=inst(cfg.critic), features=inst(cfg.backbone), attack=inst(cfg.attack),
+        val_attack=inst(cfg.val_attack),
         **OmegaConf.to_container(cfg.loss), **OmegaConf.to_container(cfg.module), seed=cfg.seed,
     )
 
