@@ -84,6 +84,8 @@ class SSP:
     start: str = "normal"
 
     def __post_init__(self) -> None:
+        if self.eps < 0 or self.step_size < 0 or self.steps < 0:
+            raise ValueError(f"SSP needs eps, step_size, steps >= 0 (pixel units), got {self.eps}, {self.step_size}, {self.steps}")
         if self.start not in RANDOM_STARTS:
             raise ValueError(f"SSP start must be one of {RANDOM_STARTS}, got {self.start!r}")
         feature_distance(torch.zeros(1, 1), torch.zeros(1, 1), self.distance)  # validates the name early
