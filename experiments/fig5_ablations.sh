@@ -13,4 +13,4 @@ before=$(ls -d "$ROOT/multirun/$EXPERIMENT"/*/ 2>/dev/null | sort | tail -n 1 ||
 "$PY" train.py -m "experiment=$EXPERIMENT" "ablation=$ABLATIONS" "$@"
 sweep=$(ls -d "$ROOT/multirun/$EXPERIMENT"/*/ | sort | tail -n 1)
 [ "$sweep" != "$before" ] || { echo "no new sweep folder under $ROOT/multirun/$EXPERIMENT" >&2; exit 1; }
-"$PY" experiments/collect_ablations.py "$sweep" --out "$sweep/ablations.md"
+"$PY" experiments/collect_ablations.py "$sweep" --out "$sweep/ablations.md" --plot "$sweep/ablations.png"
