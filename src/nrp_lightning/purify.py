@@ -172,12 +172,13 @@ def dynamic_perturb(x: torch.Tensor, generator: torch.Generator | None = None,
 
 
 def purify_images(purifier: nn.Module, x: torch.Tensor, *, dynamic: bool = False,
-                  generator: torch.Generator | None = None, max_memory: int | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, max_memory: int | None = None,
+                  halo: int | None = None) -> torch.Tensor:
     """Purified images ``(B, 3, H, W)`` in [0, 1] from ``x`` ``(B, 3, H, W)`` in [0, 1], any size.
 
     ``dynamic`` adds the dynamic-inference noise first (drawn from ``generator``). Images larger than
     the ``max_memory`` budget (bytes; default: see ``tiling.default_memory_budget``) are purified in
-    overlapping tiles; images smaller than ``MIN_SIDE`` are edge-replicated up to it and cropped back.
+    overlapping tiles (``halo``: see ``tiling.purify_tiled``); images smaller than ``MIN_SIDE`` are edge-replicated up to it and cropped back.
     """
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
@@ -190,7 +191,7 @@ def purify_images(purifier: nn.Module, x: torch.Tensor, *, dynamic: bool = False
     if pad_h or pad_w:
         x = nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
     with torch.no_grad():
-        out = purify_tiled(purifier, x, max_memory=max_memory)
+        out = purify_tiled(purifier, x, max_memory=max_memory, halo=halo)
     return out[..., :h, :w]
 
 

@@ -173,3 +173,44 @@ def purify_tiled(purifier: nn.Module, x: torch.Tensor, max_memory: int | None = 
             tile = tile_shape(height, width, budget, per_px, halo, ramp)
             outputs.append(tiled_apply(lambda t: purifier(t).clamp_(0.0, 1.0), chunk, tile, halo, ramp))
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+
+ATTACK_HALO = 32  # px of context per tile side for attacks (an approximation, see attack_tiled)
+_PROBE_SIDE = 64
+
+
+def measure_backward_bytes_per_pixel(net: nn.Module, device: torch.device | str | None = None) -> int:
+    """Bytes per input pixel a forward+backward through ``net`` needs, measured once on a
+    ``64x64`` probe: the tensors autograd saves (counted once each), doubled for the gradients,
+    times ``SAFETY``."""
+    param = next(net.parameters(), None)
+    device = device or (param.device if param is not None else "cpu")
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    probe = torch.rand(1, 3, _PROBE_SIDE, _PROBE_SIDE, device=device, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = net(probe)
+    del out
+    return int(2 * sum(seen.values()) / _PROBE_SIDE**2 * SAFETY) + 1
+
+
+def attack_tiled(attack: Callable[[torch.Tensor], torch.Tensor], features: nn.Module, x: torch.Tensor,
+                 max_memory: int | None = None, halo: int = ATTACK_HALO, ramp: int = DEFAULT_RAMP) -> torch.Tensor:
+    """``attack(x)`` for ``x`` ``(B, 3, H, W)`` in [0, 1] within ``max_memory`` bytes of backward passes
+    through ``features``: whole batch, image by image, or overlapping tiles.
+
+    Tiling an attack is an approximation (each tile sees ``halo`` px of context, not the whole image),
+    but the result stays inside the attack's l_inf ball and [0, 1]: blending is a convex combination.
+    """
+    budget = max_memory if max_memory is not None else default_memory_budget(x.device)
+    per_px = measure_backward_bytes_per_pixel(features, x.device)
+    _, _, height, width = x.shape
+    image_bytes = height * width * per_px
+    if image_bytes <= budget:
+        return torch.cat([attack(chunk) for chunk in x.split(max(1, budget // image_bytes))])
+    tile = tile_shape(height, width, budget, per_px, halo, ramp)
+    return torch.cat([tiled_apply(attack, image[None], tile, halo, ramp) for image in x])
