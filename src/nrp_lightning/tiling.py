@@ -10,6 +10,7 @@ estimate of activation bytes per pixel for the architecture (calibrated by measu
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Callable
 
 import torch
@@ -177,12 +178,15 @@ def purify_tiled(purifier: nn.Module, x: torch.Tensor, max_memory: int | None = 
 
 ATTACK_HALO = 32  # px of context per tile side for attacks (an approximation, see attack_tiled)
 _PROBE_SIDE = 64
+_measured: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
 
 
 def measure_backward_bytes_per_pixel(net: nn.Module, device: torch.device | str | None = None) -> int:
     """Bytes per input pixel a forward+backward through ``net`` needs, measured once on a
     ``64x64`` probe: the tensors autograd saves (counted once each), doubled for the gradients,
-    times ``SAFETY``."""
+    times ``SAFETY``. Cached per module."""
+    if net in _measured:
+        return _measured[net]
     param = next(net.parameters(), None)
     device = device or (param.device if param is not None else "cpu")
     seen: dict[int, int] = {}
@@ -195,7 +199,8 @@ def measure_backward_bytes_per_pixel(net: nn.Module, device: torch.device | str 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = net(probe)
     del out
-    return int(2 * sum(seen.values()) / _PROBE_SIDE**2 * SAFETY) + 1
+    _measured[net] = int(2 * sum(seen.values()) / _PROBE_SIDE**2 * SAFETY) + 1
+    return _measured[net]
 
 
 def attack_tiled(attack: Callable[[torch.Tensor], torch.Tensor], features: nn.Module, x: torch.Tensor,
