@@ -13,7 +13,6 @@ pixels/s, the time it implies, for runs too long to make here.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import resource
 import time

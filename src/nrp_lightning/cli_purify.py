@@ -16,7 +16,6 @@ import torch
 from nrp_lightning.folder_jobs import UsageError, plan_jobs, run_jobs
 from nrp_lightning.tiling import parse_memory
 
-log = logging.getLogger("nrp_lightning.cli")
 BACKBONE_LAYERS = {"vgg16": 16, "vgg19": 18, "mobilenet_v2": 7}  # default cut: relu3_3-like depth
 TIMM_DEFAULT_INDEX = 2
 
@@ -193,7 +192,7 @@ def attack_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if min(args.eps, args.step_size) < 0 or args.steps < 0:
-            raise UsageError(f"--eps, --step-size and --steps must be >= 0")
+            raise UsageError("--eps, --step-size and --steps must be >= 0")
         if args.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
         device = _device(args.device)

@@ -8,7 +8,6 @@ equal size are batched together.
 """
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections import defaultdict
@@ -22,7 +21,6 @@ from tqdm import tqdm
 
 from nrp_lightning.images import IMAGE_EXTENSIONS, ImageLoadError, list_images, load_image, save_png
 
-log = logging.getLogger(__name__)
 
 # A batch of (3, H, W) images in [0, 1], all of one size -> as many (3, H, W) images in [0, 1].
 BatchFn = Callable[[torch.Tensor], torch.Tensor]
