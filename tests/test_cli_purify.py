@@ -1,0 +1,175 @@
+"""nrp-purify and nrp-attack end to end: bad inputs, file safety, resume, exit codes, help."""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nrp_lightning.cli_purify import attack_main, purify_main
+from nrp_lightning.images import load_image
+from nrp_lightning.models.purifier import RRDBPurifier
+from nrp_lightning.purify import load_purifier, purify_images
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture()
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pth"
+    torch.save(RRDBPurifier(8, 1, 4).state_dict(), path)
+    return path
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    """A folder with good and bad images, as a user's camera folder might have."""
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    Image.fromarray(_rgb(32, 40, 1)).save(root / "a.jpg")
+    Image.fromarray(_rgb(32, 40, 2)).save(root / "a.png")  # same stem as a.jpg
+    Image.fromarray(_rgb(32, 40, 3)).save(root / "sub" / "b.png")  # same size: batched with the two above
+    Image.fromarray(_rgb(20, 24, 4)[..., 0]).save(root / "sub" / "gray.png")
+    Image.fromarray(np.dstack([_rgb(20, 24, 5), np.full((20, 24), 128, np.uint8)])).save(root / "rgba.png")
+    palette = Image.fromarray(_rgb(16, 16, 6)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette.info["transparency"] = 0
+    palette.save(root / "palette.png", transparency=0)
+    Image.fromarray((np.arange(24 * 20, dtype=np.uint16).reshape(20, 24) * 100)).save(root / "deep16.png")
+    Image.fromarray(_rgb(24, 20, 7)).convert("CMYK").save(root / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display: 24x40 stored -> 40x24 shown
+    Image.fromarray(_rgb(24, 40, 8)).save(root / "rotated.jpg", exif=exif)
+    Image.fromarray(_rgb(1, 1, 9)).save(root / "one.png")
+    buf = io.BytesIO()
+    Image.fromarray(_rgb(64, 64, 10)).save(buf, format="JPEG")
+    (root / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    (root / "empty.png").write_bytes(b"")
+    (root / "notes.jpg").write_text("this is text, not a JPEG")
+    (root / "readme.txt").write_text("ignored: not an image extension")
+    return root
+
+
+GOOD = {"a.jpg.png", "a.png.png", "sub/b.png", "sub/gray.png", "rgba.png", "palette.png", "deep16.png", "cmyk.png",
+        "rotated.png", "one.png"}
+BAD = {"truncated.jpg", "empty.png", "notes.jpg"}
+
+
+def _outputs(folder):
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_purify_folder_with_bad_inputs(tmp_path, photos, checkpoint, capsys):
+    before = {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()}
+    out = tmp_path / "out"
+    assert purify_main([str(photos), str(out), "--checkpoint", str(checkpoint), "--batch-size", "3", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "done: 10, skipped (output exists): 0, failed: 3" in err
+    assert "truncated.jpg: cannot decode" in err and "empty.png: empty file" in err
+    assert "notes.jpg: not an image PIL can read" in err
+    assert _outputs(out) == GOOD  # PNGs only, structure kept, no temporary files left
+    assert {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()} == before  # inputs untouched
+    assert Image.open(out / "rotated.png").size == (24, 40)  # EXIF rotation applied (W x H)
+    assert Image.open(out / "one.png").size == (1, 1)
+    # the written PNG is the purified image, rounded to 8 bits
+    expected = purify_images(load_purifier(checkpoint), load_image(photos / "sub" / "b.png")[None])[0]
+    assert (load_image(out / "sub" / "b.png") - expected).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_purify_skips_existing_resumes_and_overwrites(tmp_path, photos, checkpoint, capsys):
+    out = tmp_path / "out"
+    args = [str(photos), str(out), "--checkpoint", str(checkpoint), "--no-progress"]
+    purify_main(args)
+    (out / "a.png.png").unlink()  # as if killed before this one
+    stamp = (out / "sub" / "b.png").stat().st_mtime_ns
+    capsys.readouterr()
+    assert purify_main(args) == 1
+    assert "done: 1, skipped (output exists): 9, failed: 3" in capsys.readouterr().err
+    assert (out / "sub" / "b.png").stat().st_mtime_ns == stamp
+    assert purify_main(args + ["--overwrite"]) == 1
+    assert "done: 10, skipped (output exists): 0" in capsys.readouterr().err
+
+
+def test_purify_single_file_dynamic_is_seeded(tmp_path, photos, checkpoint, capsys):
+    source = photos / "sub" / "b.png"
+    outs = []
+    for name, seed in (("x.png", "1"), ("y.png", "1"), ("z.png", "2")):
+        assert purify_main([str(source), str(tmp_path / name), "--checkpoint", str(checkpoint), "--dynamic",
+                            "--seed", seed, "--no-progress"]) == 0
+        outs.append((tmp_path / name).read_bytes())
+    assert outs[0] == outs[1] != outs[2]
+    assert purify_main([str(source), str(tmp_path / "d"), "--checkpoint", str(checkpoint), "--no-progress"]) == 0
+    assert (tmp_path / "d" / "b.png").is_file()
+
+
+@pytest.mark.parametrize("output, message", [
+    ("in", "is the input folder or inside it"),
+    ("in/sub/out", "is the input folder or inside it"),
+])
+def test_purify_refuses_output_inside_input(tmp_path, photos, checkpoint, capsys, output, message):
+    with pytest.raises(SystemExit) as info:
+        purify_main([str(photos), str(tmp_path / output), "--checkpoint", str(checkpoint)])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_purify_refuses_overwriting_the_input_file(tmp_path, photos, checkpoint, capsys):
+    with pytest.raises(SystemExit) as info:
+        purify_main([str(photos / "a.png"), str(photos / "a.png"), "--checkpoint", str(checkpoint)])
+    assert info.value.code == 2 and "is the input itself" in capsys.readouterr().err
+
+
+def test_purify_bad_checkpoint_is_a_usage_error(tmp_path, photos, capsys):
+    (tmp_path / "bad.pth").write_text("no")
+    with pytest.raises(SystemExit) as info:
+        purify_main([str(photos), str(tmp_path / "out"), "--checkpoint", str(tmp_path / "bad.pth")])
+    assert info.value.code == 2 and "not a PyTorch file" in capsys.readouterr().err
+
+
+def test_purify_export_command(tmp_path, checkpoint, capsys):
+    assert purify_main(["export", str(checkpoint), str(tmp_path / "p.pt")]) == 0
+    assert "exported rrdb purifier (nf=8 nb=1 gc=4)" in capsys.readouterr().err
+    x = torch.rand(1, 3, 20, 20)
+    torch.testing.assert_close(torch.jit.load(str(tmp_path / "p.pt"))(x),
+                               purify_images(load_purifier(checkpoint), x), atol=1e-5, rtol=0)
+
+
+def test_attack_ssp_folder_offline_mobilenet(tmp_path, photos, capsys):
+    out = tmp_path / "adv"
+    code = attack_main(["ssp", str(photos), str(out), "--backbone", "mobilenet_v2", "--layer", "4", "--eps", "8",
+                        "--steps", "3", "--batch-size", "4", "--no-progress"])
+    assert code == 1 and "done: 10, skipped (output exists): 0, failed: 3" in capsys.readouterr().err
+    clean, adv = load_image(photos / "sub" / "b.png"), load_image(out / "sub" / "b.png")
+    linf = (adv - clean).abs().max().item()
+    assert 4 / 255 < linf <= 8 / 255 + 0.5 / 255  # inside the budget (plus 8-bit rounding), and moved
+
+
+def test_attack_vgg16_offline_error_is_clear(tmp_path, photos, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached vgg16 file
+    monkeypatch.setattr("nrp_lightning.weights.torch.hub.load_state_dict_from_url",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("network is unreachable")))
+    with pytest.raises(SystemExit) as info:
+        attack_main(["ssp", str(photos), str(tmp_path / "adv"), "--backbone", "vgg16"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert "no ImageNet weights for vgg16" in err and "--backbone mobilenet_v2" in err
+
+
+@pytest.mark.parametrize("main, argv, words", [
+    (purify_main, ["--help"], ["--checkpoint", "--dynamic", "--max-memory", "Exit code"]),
+    (purify_main, ["export", "--help"], ["opset 18", "TorchScript"]),
+    (attack_main, ["--help"], ["ssp", "pixel units"]),
+    (attack_main, ["ssp", "--help"], ["--eps", "--step-size", "--backbone", "timm:NAME", "--layer"]),
+])
+def test_help(main, argv, words, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    text = capsys.readouterr().out
+    assert info.value.code == 0 and all(w in text for w in words)
