@@ -75,3 +75,22 @@ def test_segmentation_metrics_and_mask_folder(tmp_path):
     assert wrong["miou"] < 1.0 and wrong["pixel_acc"] < 1.0
     seg = build_segmenter("lraspp_mobilenet_v3_large", pretrained=False, num_classes=21)
     assert seg(image[None]).shape == (1, 21, 32, 40)
+
+
+def test_cross_task_grid_end_to_end(tiny_coco, tmp_path):
+    from nrp_lightning.attacks.ssp import ssp
+    from nrp_lightning.tasks.cross_task import CrossTaskGrid, run_cross_task
+
+    torch.manual_seed(0)
+    features = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).requires_grad_(False)
+    detector = build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", pretrained=False, num_classes=91)
+    grid = CrossTaskGrid(
+        task="detection", dataset=CocoInstances(*map(str, tiny_coco)), models={"frcnn": detector},
+        attacks={"SSP-8": lambda x: ssp(x, features, eps=8, step_size=2, steps=2)},
+        defenses={"blur": lambda x: torch.nn.functional.avg_pool2d(x, 3, 1, 1)}, samples=1)
+    rows = run_cross_task(grid, tmp_path / "out", progress=False)
+    assert {(r["attack"], r["defense"]) for r in rows} == {(a, d) for a in ("clean", "SSP-8") for d in ("none", "blur")}
+    assert all(r["n"] == 3 and 0 <= r["bbox_map_50"] <= 1 for r in rows)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Table 4 layout" in report and "Table 2 layout: frcnn" in report
+    assert len(list((tmp_path / "out" / "samples").glob("0_frcnn_*.png"))) == 4
