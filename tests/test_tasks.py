@@ -94,3 +94,27 @@ def test_cross_task_grid_end_to_end(tiny_coco, tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Table 4 layout" in report and "Table 2 layout: frcnn" in report
     assert len(list((tmp_path / "out" / "samples").glob("0_frcnn_*.png"))) == 4
+
+
+@pytest.mark.parametrize("preset", ["table4", "table2_detection", "table2_segmentation"])
+def test_cross_task_presets_compose_and_name_real_code(preset, tmp_path):
+    """Every ``_target_`` of each preset resolves to real code (instantiating needs weights from the internet)."""
+    from hydra.utils import get_object
+    from omegaconf import OmegaConf
+
+    from nrp_lightning.config import compose
+
+    cfg = compose([f"tasks={preset}", "nrp_weights=NRP.pth"] if preset != "table4" else [f"tasks={preset}"],
+                  config_name="cross_task", run_dir=str(tmp_path))
+    node = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "models", "attacks", "defenses")}
+    targets = []
+
+    def walk(n):
+        if isinstance(n, dict):
+            if "_target_" in n:
+                targets.append(n["_target_"])
+            for v in n.values():
+                walk(v)
+    walk(node)
+    assert targets and all(callable(get_object(t)) for t in targets)
+    assert cfg.task == ("segmentation" if "segmentation" in preset else "detection")

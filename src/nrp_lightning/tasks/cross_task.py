@@ -151,3 +151,77 @@ def write_cross_task_reports(rows: list[dict], grid: CrossTaskGrid, out_dir: Pat
     report = out_dir / "report.md"
     report.write_text("\n\n".join(parts) + "\n")
     return report
+
+
+# ------------------------------------------------------------------------ building from a config
+def resolve_device(device: str = "auto") -> torch.device:
+    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+
+
+def ssp_attack(features: nn.Module, eps: float = 16.0, steps: int = 100, step_size: float = 2.55,
+               distance: str = "mse", device: str = "auto") -> Attack:
+    """SSP with ``features`` bound: label- and task-free, so it attacks detectors and segmenters as is."""
+    from nrp_lightning.attacks.ssp import SSP
+
+    attack = SSP(eps=eps, step_size=step_size, steps=steps, distance=distance)
+    dev = resolve_device(device)
+    features = features.to(dev)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return attack(x.to(dev), features).cpu()
+
+    return run
+
+
+def transfer_attack(attack: Callable, source: nn.Module, device: str = "auto") -> Attack:
+    """A classifier attack ``attack(x, y, model)`` crafted on ``source`` with its own clean prediction
+    as the label, transferred to another task (the paper's cross-task setting)."""
+    from nrp_lightning.attacks.transfer import untargeted_labels
+
+    dev = resolve_device(device)
+    source = source.to(dev)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(dev)
+        return attack(x, untargeted_labels(source, x), source).cpu()
+
+    return run
+
+
+def grid_from_config(cfg) -> CrossTaskGrid:
+    """``CrossTaskGrid`` from the composed ``conf/cross_task.yaml``."""
+    from hydra.utils import instantiate
+
+    device = resolve_device(cfg.device)
+    models = {k: instantiate(v).to(device) for k, v in cfg.models.items() if v is not None}
+    return CrossTaskGrid(task=cfg.task, dataset=instantiate(cfg.data), models=models,
+                         attacks={k: instantiate(v) for k, v in (cfg.attacks or {}).items() if v is not None},
+                         defenses={k: instantiate(v) for k, v in (cfg.defenses or {}).items() if v is not None},
+                         num_classes=cfg.num_classes, samples=cfg.samples)
+
+
+def main() -> None:
+    """``nrp-eval tasks tasks=table4 [overrides]``: Tables 2 and 4 through Hydra (conf/cross_task.yaml)."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from nrp_lightning.config import conf_dir, register_resolvers
+
+    register_resolvers()
+
+    @hydra.main(config_path=conf_dir(), config_name="cross_task", version_base="1.3")
+    def _run(cfg) -> None:
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        rows = run_cross_task(grid_from_config(cfg), out_dir, progress=cfg.progress)
+        if cfg.logger:
+            import wandb
+
+            run = wandb.init(dir=str(out_dir), **cfg.logger)
+            columns = list(rows[0])
+            run.log({"results": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
+            for png in sorted((out_dir / "samples").glob("*.png"))[:32]:
+                run.log({f"samples/{png.stem}": wandb.Image(str(png))})
+            run.finish()
+        print(f"report: {out_dir / 'report.md'}")
+
+    _run()
