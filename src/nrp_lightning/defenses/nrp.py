@@ -53,5 +53,7 @@ def load_nrp(weights: str, arch: str = "rrdb", nf: int = 64, nb: int = 23, gc: i
     except RuntimeError as exc:
         raise ValueError(f"{weights} does not fit a {arch} purifier with nf={nf} nb={nb} gc={gc}: set "
                          f"arch/nf/nb/gc to the checkpoint's ({str(exc).splitlines()[0]})") from exc
-    return NRPDefense(purifier, dynamic=dynamic)
+    defense = NRPDefense(purifier, dynamic=dynamic)
+    defense.weights = str(weights)  # part of the repr, hence of cache keys
+    return defense
 # --- end ADAPTER ----------------------------------------------------------------------------------
