@@ -513,10 +513,22 @@ def evaluate(cfg, out_dir: str | os.PathLike) -> Path:
     return report
 
 
+GROUPS = ("data", "sources", "victims", "attacks", "defenses", "adaptive")
+
+
 def _experiment_shorthand(argv: list[str]) -> list[str]:
-    """``experiment=NAME`` -> ``evaluation/experiment=NAME``: conf/experiment/ holds the training
-    presets, so the evaluation presets live in conf/evaluation/experiment/."""
-    return [("evaluation/" + a) if a.startswith("experiment=") else a for a in argv]
+    """``experiment=NAME`` -> ``evaluation/experiment=NAME`` and ``defenses=NAME`` ->
+    ``evaluation/defenses@defenses=NAME`` (same for the other groups): conf/experiment/ and
+    conf/data/ hold the training presets, so the evaluation groups live in conf/evaluation/."""
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key == "experiment":
+            arg = f"evaluation/experiment={value}"
+        elif sep and key in GROUPS:
+            arg = f"evaluation/{key}@{key}={value}"
+        out.append(arg)
+    return out
 
 
 def main() -> None:

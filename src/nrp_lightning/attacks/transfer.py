@@ -43,19 +43,21 @@ def untargeted_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None 
 
 def input_diversity(x: torch.Tensor, prob: float, ratio: float = DIM_RESIZE_RATIO,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """DIM's transform T(x; p): with probability ``prob`` resize ``(B,3,H,W)`` to a random side in
-    ``[H, ratio*H)`` (nearest) and zero-pad at a random place to ``ratio*H``; else return ``x``.
-    The output may be larger than ``x``; the ``Classifier`` wrapper resizes to its input size."""
-    if prob <= 0:
-        return x
-    if float(torch.rand((), generator=generator)) >= prob:
+    """DIM's transform T(x; p): with probability ``prob`` resize ``(B,3,H,W)`` (nearest) to a random
+    side between ``H`` and ``ratio*H`` and zero-pad at a random place to ``max(H, ratio*H)``; else
+    return ``x``. ``ratio > 1`` is Xie et al. (299 -> [299, 330) -> 330; the output is larger and
+    the ``Classifier`` wrapper resizes it); ``ratio < 1`` shrinks into ``[ratio*H, H)`` and pads back
+    to ``H`` (torchattacks' DIFGSM with ``resize_rate=ratio``)."""
+    if prob <= 0 or float(torch.rand((), generator=generator)) >= prob:
         return x
     h, w = x.shape[-2:]
-    out_h, out_w = int(h * ratio), int(w * ratio)
-    rnd = int(torch.randint(h, max(out_h, h + 1), (), generator=generator))
-    rnd_w = round(rnd * w / h)
+    low, high = sorted((h, int(h * ratio)))
+    out_h = max(h, int(h * ratio))
+    out_w = round(out_h * w / h)
+    rnd = int(torch.randint(low, max(high, low + 1), (), generator=generator))
+    rnd_w = min(out_w, round(rnd * w / h))
     resized = F.interpolate(x, size=(rnd, rnd_w), mode="nearest")
-    pad_h, pad_w = max(out_h - rnd, 0), max(out_w - rnd_w, 0)
+    pad_h, pad_w = out_h - rnd, out_w - rnd_w
     top = int(torch.randint(0, pad_h + 1, (), generator=generator))
     left = int(torch.randint(0, pad_w + 1, (), generator=generator))
     return F.pad(resized, (left, pad_w - left, top, pad_h - top), value=0.0)
