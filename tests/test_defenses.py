@@ -61,14 +61,15 @@ def test_randomised_defences_say_so_and_draw_fresh_randomness():
     assert not JPEG().randomized and not NRPDefense(RRDBPurifier(8, 1, 4)).randomized
 
 
-def test_load_nrp_round_trips_a_state_dict_and_explains_a_mismatch(tmp_path):
+def test_load_nrp_round_trips_a_state_dict_and_explains_a_wrong_file(tmp_path):
     purifier = RRDBPurifier(nf=8, nb=1, gc=4)
     torch.save(purifier.state_dict(), tmp_path / "p.pth")
-    defense = load_nrp(str(tmp_path / "p.pth"), nf=8, nb=1, gc=4)
+    defense = load_nrp(str(tmp_path / "p.pth"))
     x = smooth_images(1, size=32)
     assert torch.equal(defense(x), purifier(x).clamp(0, 1))
-    with pytest.raises(ValueError, match="nf=64 nb=23 gc=32"):
-        load_nrp(str(tmp_path / "p.pth"))
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "not_a_purifier.pth")
+    with pytest.raises(ValueError, match="expected a purifier"):
+        load_nrp(str(tmp_path / "not_a_purifier.pth"))
 
 
 @pytest.mark.parametrize("bad", [lambda: JPEG(0), lambda: MedianFilter(2), lambda: BitDepth(9),

@@ -12,7 +12,7 @@ from nrp_lightning.train import build_module
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.test_train import TINY  # noqa: E402
+from test_train import TINY  # noqa: E402
 
 ABLATIONS = sorted(p.stem for p in (CONF_DIR / "ablation").glob("*.yaml"))
 

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from nrp_lightning.attacks.ssp import project_linf
 from nrp_lightning.models.features import Normalize
 from nrp_lightning.models.purifier import ResNetPurifier, RRDBPurifier
 from nrp_lightning.tiling import purify_tiled
@@ -167,8 +168,7 @@ def dynamic_perturb(x: torch.Tensor, generator: torch.Generator | None = None,
     so a seed gives the same result on any device. ``sigma`` in [0, 1] units, ``eps`` in /255.
     """
     noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
-    bound = eps / 255.0
-    return torch.minimum(torch.maximum(x + sigma * noise, x - bound), x + bound).clamp(0.0, 1.0)
+    return project_linf(x + sigma * noise, x, eps / 255.0)
 
 
 def purify_images(purifier: nn.Module, x: torch.Tensor, *, dynamic: bool = False,

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nrp_lightning.attacks.ssp import project_linf
@@ -34,36 +33,22 @@ class GaussianNoise:
 
 
 class FGSP:
-    """FGSM ``x + eps·sign(∇x CE(f(x), argmax f(x)))`` on a frozen classifier ``f`` that takes
-    [0, 1] images (normalization inside)."""
+    """Single-step FGSM (``attacks.transfer.fgsm``) on a frozen classifier that takes [0, 1] images,
+    labelled with the classifier's own clean prediction."""
 
     def __init__(self, classifier: nn.Module, eps: float = 16.0) -> None:
+        from nrp_lightning.attacks.transfer import fgsm
+
         if eps < 0:
             raise ValueError(f"eps must be >= 0 (pixel units), got {eps}")
         self.classifier = classifier.requires_grad_(False).eval()
-        self.eps = eps
+        self.eps, self.fgsm = eps, fgsm(eps)
 
     def __call__(self, x: torch.Tensor, features: nn.Module | None = None) -> torch.Tensor:
+        from nrp_lightning.attacks.transfer import untargeted_labels
+
         classifier = self.classifier.to(x.device)
-        x = x.detach()
-        with torch.no_grad():
-            label = classifier(x).argmax(1)
-        x_req = x.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(F.cross_entropy(classifier(x_req), label), x_req)
-        return project_linf(x + (self.eps / 255.0) * grad.sign(), x, self.eps / 255.0)
+        return self.fgsm(x, untargeted_labels(classifier, x), classifier)
 
     def __repr__(self) -> str:
-        return f"FGSP(eps={self.eps}, classifier={type(self.classifier).__name__})"
-
-
-def imagenet_classifier(arch: str = "mobilenet_v2", weights_path: str | None = None) -> nn.Module:
-    """A torchvision ImageNet classifier taking [0, 1] images (normalization inside), weights
-    found by ``nrp_lightning.weights`` (offline for mobilenet_v2)."""
-    import torchvision
-
-    from nrp_lightning.models.features import Normalize
-    from nrp_lightning.weights import resolve_torchvision_weights
-
-    model = getattr(torchvision.models, arch)(weights=None)
-    model.load_state_dict(resolve_torchvision_weights(arch, weights_path))
-    return nn.Sequential(Normalize(), model).eval()
+        return f"FGSP(eps={self.eps}, classifier={getattr(self.classifier, 'name', type(self.classifier).__name__)})"
