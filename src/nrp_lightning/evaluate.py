@@ -536,10 +536,17 @@ def main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
+    if sys.argv[1:2] == ["tasks"]:  # nrp-eval tasks tasks=table4: detection / segmentation (Tables 2, 4)
+        from nrp_lightning.tasks.cross_task import main as cross_task_main
+
+        sys.argv.pop(1)
+        return cross_task_main()
     if any(a in ("-h", "--help") for a in sys.argv[1:]):
         print(__doc__)
         print("Usage: nrp-eval experiment={offline,table1,table3,table5,fig5} [key=value ...]  "
-              "(Hydra; `nrp-eval --cfg job` prints the composed config)")
+              "(Hydra; `nrp-eval --cfg job` prints the composed config)\n"
+              "       nrp-eval tasks tasks={table4,table2_detection,table2_segmentation} [key=value ...]  "
+              "(detection / segmentation, Tables 2 and 4; `nrp-eval tasks --help`)")
         return
     sys.argv = [sys.argv[0], *_experiment_shorthand(sys.argv[1:])]
 
