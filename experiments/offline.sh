@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Offline CPU evaluation grid on the four shipped ImageNet models (docs/evaluation.md).
-# Optional NRP: pass a purifier state dict and its size, e.g. after `make demo`:
-#   experiments/offline.sh defenses=with_nrp defenses.NRP.weights=outputs/demo/purifier.pth \
-#       defenses.NRP.nf=32 defenses.NRP.nb=2 defenses.NRP.gc=16
+# Optional NRP: pass any purifier file, e.g. after `make demo`:
+#   experiments/offline.sh defenses=with_nrp defenses.NRP.weights=outputs/demo-none/purifier.pth
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} WANDB_MODE=${WANDB_MODE:-offline}

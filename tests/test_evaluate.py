@@ -7,7 +7,8 @@ from nrp_lightning.attacks.adaptive import AdaptiveAttack
 from nrp_lightning.attacks.transfer import fgsm, mifgsm
 from nrp_lightning.defenses import BitDepth, GaussianBlur, RandomResizePad
 from nrp_lightning.eval_data import EvalSet
-from nrp_lightning.evaluate import CONF_DIR, Grid, _experiment_shorthand, run_grid, write_reports
+from nrp_lightning.config import CONF_DIR
+from nrp_lightning.evaluate import Grid, _experiment_shorthand, run_grid, write_reports
 
 torch.set_num_threads(2)
 

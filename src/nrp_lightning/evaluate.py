@@ -35,12 +35,12 @@ from tqdm.auto import tqdm
 from nrp_lightning.attacks.adaptive import AdaptiveAttack
 from nrp_lightning.attacks.ssp import SSP
 from nrp_lightning.attacks.transfer import untargeted_labels
+from nrp_lightning.config import conf_dir
 from nrp_lightning.defenses.base import Defense, NoDefense
 from nrp_lightning.eval_data import EvalSet, from_uint8, to_uint8
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # source checkout (pip install -e .)
 NO_DEFENSE = "none"
 CLEAN = "clean"
 
@@ -550,7 +550,7 @@ def main() -> None:
         return
     sys.argv = [sys.argv[0], *_experiment_shorthand(sys.argv[1:])]
 
-    @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
+    @hydra.main(config_path=conf_dir(), config_name="eval", version_base="1.3")
     def _run(cfg) -> None:
         print(f"report: {evaluate(cfg, HydraConfig.get().runtime.output_dir)}")
 
