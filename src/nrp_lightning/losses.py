@@ -46,27 +46,23 @@ def pixel_loss(purified: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(purified.float(), clean.float())
 
 
-def ragan_generator_loss(logits_fake: torch.Tensor, logits_real: torch.Tensor) -> torch.Tensor:
-    """Relativistic average GAN loss for the purifier (Eq. 7, symmetric form of ESRGAN).
-
-    ``logits_fake = C(P(x'))``, ``logits_real = C(x)`` (detached by the caller), both ``(B,)``.
-    """
-    real_rel = logits_real - logits_fake.mean()
-    fake_rel = logits_fake - logits_real.mean()
-    return 0.5 * (
-        F.binary_cross_entropy_with_logits(real_rel, torch.zeros_like(real_rel))
-        + F.binary_cross_entropy_with_logits(fake_rel, torch.ones_like(fake_rel))
-    )
-
-
 def ragan_critic_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    """Relativistic average GAN loss for the critic: real above the average fake, and vice versa."""
+    """Relativistic average GAN loss for the critic (symmetric form of ESRGAN): real logits above
+    the average fake one, fake logits below the average real one. Both ``(B,)``."""
     real_rel = logits_real - logits_fake.mean()
     fake_rel = logits_fake - logits_real.mean()
     return 0.5 * (
         F.binary_cross_entropy_with_logits(real_rel, torch.ones_like(real_rel))
         + F.binary_cross_entropy_with_logits(fake_rel, torch.zeros_like(fake_rel))
     )
+
+
+def ragan_generator_loss(logits_fake: torch.Tensor, logits_real: torch.Tensor) -> torch.Tensor:
+    """L_adv (Eq. 7) for the purifier: the critic's loss with the roles of real and fake swapped.
+
+    ``logits_fake = C(P(x'))``, ``logits_real = C(x)`` (detached by the caller), both ``(B,)``.
+    """
+    return ragan_critic_loss(logits_fake, logits_real)
 
 
 def vanilla_generator_loss(logits_fake: torch.Tensor, logits_real: torch.Tensor) -> torch.Tensor:

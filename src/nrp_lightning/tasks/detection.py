@@ -14,19 +14,22 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
+def torchvision_model(module, kind: str, name: str, pretrained: bool = True, **kwargs) -> nn.Module:
+    """Model ``name`` of torchvision's ``module`` (detection, segmentation) in eval mode; ``pretrained``
+    loads its default weights (downloaded by torchvision, cached in ``$TORCH_HOME``)."""
+    builders = torchvision.models.list_models(module=module)
+    if name not in builders:
+        raise ValueError(f"unknown {kind} {name!r}; torchvision has {sorted(builders)}")
+    if pretrained:
+        return torchvision.models.get_model(name, weights="DEFAULT", **kwargs).eval()
+    log.warning("%s %s is randomly initialised (pretrained=false): only for testing the pipeline", kind, name)
+    return torchvision.models.get_model(name, weights=None, weights_backbone=None, **kwargs).eval()
+
+
 def build_detector(name: str = "maskrcnn_resnet50_fpn", pretrained: bool = True, **kwargs) -> nn.Module:
     """A torchvision detection model by name (``maskrcnn_resnet50_fpn``, ``retinanet_resnet50_fpn``,
-    ``fasterrcnn_mobilenet_v3_large_fpn``, ...) in eval mode. ``pretrained`` loads its COCO
-    weights (downloaded by torchvision; cached in ``$TORCH_HOME``)."""
-    builders = torchvision.models.list_models(module=torchvision.models.detection)
-    if name not in builders:
-        raise ValueError(f"unknown detector {name!r}; torchvision has {sorted(builders)}")
-    if pretrained:
-        model = torchvision.models.get_model(name, weights="DEFAULT", **kwargs)
-    else:
-        log.warning("detector %s is randomly initialised (pretrained=false): only for testing the pipeline", name)
-        model = torchvision.models.get_model(name, weights=None, weights_backbone=None, **kwargs)
-    return model.eval()
+    ``fasterrcnn_mobilenet_v3_large_fpn``, ...) with its COCO weights when ``pretrained``."""
+    return torchvision_model(torchvision.models.detection, "detector", name, pretrained, **kwargs)
 
 
 @torch.no_grad()

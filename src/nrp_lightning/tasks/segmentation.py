@@ -2,7 +2,6 @@
 CamVid-style ``images/`` + ``labels/`` pairs), and pixel accuracy / mIoU through torchmetrics."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,7 @@ from torch import nn
 
 from nrp_lightning.images import list_images, load_image
 from nrp_lightning.models.features import Normalize
-
-log = logging.getLogger(__name__)
+from nrp_lightning.tasks.detection import torchvision_model
 
 VOC_IGNORE_INDEX = 255  # object borders in VOC masks
 
@@ -70,15 +68,7 @@ class Segmenter(nn.Module):
 def build_segmenter(name: str = "deeplabv3_resnet50", pretrained: bool = True, **kwargs) -> Segmenter:
     """``fcn_resnet50``, ``deeplabv3_resnet50``, ``deeplabv3_mobilenet_v3_large``, ... (21 VOC classes
     when pretrained: torchvision's weights were trained on the VOC categories of COCO)."""
-    builders = torchvision.models.list_models(module=torchvision.models.segmentation)
-    if name not in builders:
-        raise ValueError(f"unknown segmenter {name!r}; torchvision has {sorted(builders)}")
-    if pretrained:
-        model = torchvision.models.get_model(name, weights="DEFAULT", **kwargs)
-    else:
-        log.warning("segmenter %s is randomly initialised (pretrained=false): only for testing the pipeline", name)
-        model = torchvision.models.get_model(name, weights=None, weights_backbone=None, **kwargs)
-    return Segmenter(model).eval()
+    return Segmenter(torchvision_model(torchvision.models.segmentation, "segmenter", name, pretrained, **kwargs)).eval()
 
 
 def segmentation_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
