@@ -28,14 +28,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import json
 import logging
+import math
 import os
 import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -187,6 +190,13 @@ def host_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def release_free_host_memory() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``), so that the RSS at the start
+    of a measurement is the live set and its peak is the measurement's own. No-op elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 @dataclass
 class MemoryProbe:
     """Peak host RSS and peak device memory over a block, in MiB.
@@ -201,6 +211,7 @@ class MemoryProbe:
     result: dict = field(default_factory=dict)
 
     def __enter__(self) -> "MemoryProbe":
+        release_free_host_memory()
         try:
             Path("/proc/self/clear_refs").write_text("5")
             self.host_reset = True
@@ -548,7 +559,8 @@ def trainer_step(cfg, variant: Variant, device: torch.device, source, warmup: in
     datamodule = make_datamodule(cfg, source, steps, workers, pin)
     timer = StepTimer(device, count_flops=count, check_syncs_at=skip - 1 if device.type == "cuda" and warmup else None,
                       between=between)
-    trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=variant.precision,
+    trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu",
+                         devices=[device.index or 0] if device.type == "cuda" else 1, precision=variant.precision,
                          max_steps=2 * steps, max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, inference_mode=False, callbacks=[timer],
@@ -564,6 +576,15 @@ def trainer_step(cfg, variant: Variant, device: torch.device, source, warmup: in
             **{k: timed[k] for k in ("host_peak_mib", "host_delta_mib", "device_peak_mib")}}
 
 
+def eager_step_flops(cfg_overrides: tuple[str, ...], variant: Variant, batch: int, crop: int, device: torch.device,
+                     source) -> int | str:
+    """FLOPs of one real training step of ``variant`` without torch.compile (the same math: the
+    FLOP counter cannot run inside compiled code), from one FLOP-counted Trainer step."""
+    eager = dataclasses.replace(variant, compile=False)
+    cfg = step_config(cfg_overrides, eager, batch, crop)
+    return trainer_step(cfg, eager, device, source, warmup=0, reps=1, flops=True)["flops"]
+
+
 def loader_batch_s(cfg, source, device: torch.device, batches: int = 10) -> dict:
     """Serial cost of one batch of the real NRPDataModule loader (s), without any step."""
     workers, pin = loader_settings(device)
@@ -577,11 +598,43 @@ def loader_batch_s(cfg, source, device: torch.device, batches: int = 10) -> dict
     return {"batch_s": (time.perf_counter() - start) / batches, "num_workers": workers, "pin_memory": pin}
 
 
+def jpeg_loader_batch_s(source, batch: int = 16, crop: int = 128, resize: int = 480, batches: int = 5) -> dict:
+    """Serial cost (s) of one batch the way COCO training loads it: JPEG decode, resize to
+    ``resize`` x ``resize``, random ``crop`` (conf/data/coco.yaml), through the real NRPDataModule
+    and ImageFolder, on the embedded photos written as JPEG files. One process, no workers."""
+    from PIL import Image
+
+    from nrp_lightning.data import ImageFolder, NRPDataModule
+    from nrp_lightning.images import to_uint8
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(len(source)):
+            Image.fromarray(to_uint8(source.load(i))).save(Path(tmp) / f"{i}.jpg", quality=90)
+        dm = NRPDataModule(ImageFolder(tmp), crop_size=crop, resize=resize, batch_size=batch, num_workers=0,
+                           samples_per_epoch=batch * (batches + 1), val_images=1)
+        it = iter(dm.train_dataloader())
+        next(it)
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        seconds = (time.perf_counter() - start) / batches
+    return {"batch_s": seconds, "batch": batch, "crop": crop, "resize": resize, "images": len(source)}
+
+
 # --------------------------------------------------------------------------- purification
 def purifier_of(nf_nb_gc: tuple[int, int, int], device: torch.device, channels_last: bool) -> RRDBPurifier:
     torch.manual_seed(0)
     net = RRDBPurifier(*nf_nb_gc).to(device).eval()
     return net.to(memory_format=torch.channels_last) if channels_last else net
+
+
+def purify_flops(model: tuple[int, int, int], batch: int, size: int) -> int:
+    """FLOPs of one purifier forward, counted on the meta device (shapes only, no compute)."""
+    with torch.device("meta"):
+        net = RRDBPurifier(*model)
+        x = torch.empty(batch, 3, size, size)
+    with torch.inference_mode():
+        return count_flops(lambda: net(x))
 
 
 def purify_throughput(model: tuple[int, int, int], batch: int, size: int, device: torch.device, reps: int,
@@ -596,7 +649,8 @@ def purify_throughput(model: tuple[int, int, int], batch: int, size: int, device
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return purify(net, x)
 
-    r = time_fn(run, device, warmup=1, reps=reps)
+    r = time_fn(run, device, warmup=1, reps=reps, flops=False)
+    r["flops"] = purify_flops(model, batch, size)
     r.update(img_per_s=batch / r["median_s"], batch=batch, size=size, model=dict(zip(("nf", "nb", "gc"), model)),
              bf16=bf16, channels_last=channels_last, flops_per_img=r["flops"] // batch,
              mfu=mfu(r["flops"], r["median_s"], peak_tflops))
@@ -663,6 +717,12 @@ def bench_step_breakdown(profile: Profile, device: torch.device, source, peak) -
     for part, (fn, _) in parts.items():
         log(f"warm up part {part}")
         flops[part] = warm_up(fn, profile.warmup, flops=not variant.compile)
+    if variant.compile:  # count on an eager copy: the same math
+        eager = dataclasses.replace(variant, compile=False)
+        eager_parts = step_parts(prepared_module(step_config(profile.step, eager, profile.batch, profile.crop), device),
+                                 x, eager, device)
+        flops = {part: count_flops(fn) for part, (fn, _) in eager_parts.items()}
+        del eager_parts
     samples: dict[str, list] = {part: [] for part in parts}
     skip = profile.warmup + int(not variant.compile)
 
@@ -673,6 +733,8 @@ def bench_step_breakdown(profile: Profile, device: torch.device, source, peak) -
 
     log("whole step (Trainer), interleaved with the parts")
     whole = trainer_step(cfg, variant, device, source, profile.warmup, profile.reps, between=time_parts)
+    if variant.compile:
+        whole["flops"] = eager_step_flops(profile.step, variant, profile.batch, profile.crop, device, source)
     results = {part: {**summarize(samples[part]), "flops": flops[part], "summed": summed}
                for part, (_, summed) in parts.items()}
     del module, parts
@@ -695,7 +757,11 @@ def bench_variants(profile: Profile, device: torch.device, source, peak) -> dict
         log(f"variant {name}")
         cfg = step_config(profile.step, variant, profile.batch, profile.crop)
         r = trainer_step(cfg, variant, device, source, profile.warmup, profile.reps)
-        r["compile_s"] = r["first_step_s"] - r["step_s"] if variant.compile else 0.0
+        if variant.compile:
+            r["compile_s"] = r["first_step_s"] - r["step_s"]
+            r["flops"] = eager_step_flops(profile.step, variant, profile.batch, profile.crop, device, source)
+        else:
+            r["compile_s"] = 0.0
         r["mfu"] = mfu(r["flops"], r["step_s"], peak)
         out[name] = {**dataclasses.asdict(variant), **r}
     return out
@@ -716,6 +782,7 @@ def bench_scaling(profile: Profile, device: torch.device, source) -> list[dict]:
             r = trainer_step(cfg, variant, device, source, warmup=1, reps=max(2, profile.reps // 2), flops=False)
             rows.append({"axis": axis, "value": value, "batch": batch, "crop": crop, "ssp_steps": cfg.attack.steps,
                          "step_s": r["step_s"], "img_per_s": batch / r["step_s"], "host_peak_mib": r["host_peak_mib"],
+                         "host_delta_mib": r["host_delta_mib"],
                          "device_peak_mib": r["device_peak_mib"]})
     return rows
 
@@ -730,7 +797,7 @@ def bench_full_step(profile: Profile, device: torch.device, source, peak) -> dic
         variant = VARIANTS[name]
         log(f"full-size step batch 1 ({name})")
         cfg = step_config(profile.full_step, variant, 1, profile.full_step_crop)
-        r = trainer_step(cfg, variant, device, source, warmup=1, reps=2)
+        r = trainer_step(cfg, variant, device, source, warmup=1, reps=2, flops=name == "fp32")
         r["mfu"] = mfu(r["flops"], r["step_s"], peak)
         out[name] = {"batch": 1, "crop": profile.full_step_crop, "ssp_steps": cfg.attack.steps, **r}
     return out
@@ -744,6 +811,9 @@ def run(device: torch.device, profile: Profile) -> dict:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # The parts run on a second copy of the compiled networks and in more grad modes than a
+    # training step: allow the recompilations instead of silently falling back to eager.
+    torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
     result: dict = {"schema": SCHEMA, "profile": profile.name, "machine": machine_info(device),
                     "settings": {**{k: v for k, v in dataclasses.asdict(profile).items()}, "seed": 0}}
     log(f"profile {profile.name} on {device_name(device)}")
@@ -754,6 +824,8 @@ def run(device: torch.device, profile: Profile) -> dict:
                                      _convert_="all")
     result["step"] = bench_step_breakdown(profile, device, source, peak)
     result["loader"] = loader_batch_s(step_config(profile.step, Variant(), profile.batch, profile.crop), source, device)
+    log("JPEG loader (COCO-style batch of 16)")
+    result["loader_jpeg"] = jpeg_loader_batch_s(source, batches=2 if profile.name == "quick" else 5)
     result["variants"] = bench_variants(profile, device, source, peak)
     result["scaling"] = bench_scaling(profile, device, source)
     result["full_step"] = bench_full_step(profile, device, source, peak)
@@ -783,16 +855,21 @@ def _f(v, digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
+def _pct(v) -> str:
+    return v if isinstance(v, str) else f"{v:.0%}"
+
+
 def _flops(v) -> str:
     return v if isinstance(v, str) else f"{v / 1e9:.3g}"
 
 
 def markdown(result: dict) -> str:
     """The human-readable tables of ``result``."""
-    m, s, h = result["machine"], result["step"], result["headline"]
+    m, s, h, j = result["machine"], result["step"], result["headline"], result["loader_jpeg"]
     lines = [f"# NRP benchmark ({result['profile']} profile)", "",
              f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} "
              f"({m['torch_threads']} threads), Lightning {m['lightning']}, device {m['device']}. "
+             f"Other processes used {_pct(m['other_processes_cpu_share'])} of the CPUs during the run. "
              f"Measured bf16 matmul peak: {_f(result['peak_bf16_matmul_tflops'])} TFLOP/s.", "",
              f"## Training step: {s['variant']} (bf16={_f(s['bf16'])}, channels_last={_f(s['channels_last'])}, "
              f"compile={_f(s['compile'])}), batch {s['batch']}, {s['crop']} px, SSP T={s['ssp_steps']}, "
@@ -812,31 +889,39 @@ def markdown(result: dict) -> str:
               f"Achieved {_f(w['achieved_tflops'])} TFLOP/s, MFU {_f(w['mfu'])}. "
               f"Gap between steps (loader + loop): {_f(w['between_steps_s'])} s = {w['loader_share']:.1%} of a step; "
               f"the loader alone: {_f(result['loader']['batch_s'])} s/batch with {result['loader']['num_workers']} workers. "
-              f"Host-device syncs in one step: {_f(w['host_syncs_in_step'])}.", "",
+              f"Host-device syncs in one step: {_f(w['host_syncs_in_step'])}. "
+              f"COCO-style loading (JPEG decode, resize to {j['resize']}, crop {j['crop']}): {_f(j['batch_s'])} s per batch "
+              f"of {j['batch']} on one core" + (f", so {math.ceil(j['batch_s'] / w['step_s'])} loader worker(s) keep up "
+                                                 f"with this step" if s['batch'] == j['batch'] else "") + ".", "",
               "## Fast paths (whole step through the Trainer)", "",
-              "| variant | step s | vs fp32 | compile s | loader share | GFLOP | MFU | host peak MiB | device peak MiB |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    base = result["variants"].get("fp32", {}).get("step_s")
+              "| variant | step s | min s | speed-up vs fp32 (median / min) | compile s | loader share | GFLOP | MFU "
+              "| host peak MiB | host +MiB | device peak MiB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = result["variants"].get("fp32")
     for name, v in result["variants"].items():
-        speed = f"{base / v['step_s']:.2f}x" if base else "na"
-        lines.append(f"| {name} | {_f(v['step_s'])} | {speed} | {_f(v['compile_s'])} | {v['loader_share']:.1%} | "
-                     f"{_flops(v['flops'])} | {_f(v['mfu'])} | {_f(v['host_peak_mib'], 5)} | {_f(v['device_peak_mib'], 5)} |")
+        speed = f"{base['step_s'] / v['step_s']:.2f}x / {base['min_step_s'] / v['min_step_s']:.2f}x" if base else "na"
+        lines.append(f"| {name} | {_f(v['step_s'])} | {_f(v['min_step_s'])} | {speed} | {_f(v['compile_s'])} | "
+                     f"{v['loader_share']:.1%} | "
+                     f"{_flops(v['flops'])} | {_f(v['mfu'])} | {_f(v['host_peak_mib'], 5)} | {_f(v['host_delta_mib'], 4)} | "
+                     f"{_f(v['device_peak_mib'], 5)} |")
     lines += ["", "## How the step grows (one axis at a time)", "",
-              "| axis | batch | crop px | SSP T | step s | img/s | host peak MiB | device peak MiB |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| axis | batch | crop px | SSP T | step s | img/s | host peak MiB | host +MiB | device peak MiB |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["scaling"]:
         lines.append(f"| {r['axis']} | {r['batch']} | {r['crop']} | {r['ssp_steps']} | {_f(r['step_s'])} | "
-                     f"{_f(r['img_per_s'])} | {_f(r['host_peak_mib'], 5)} | {_f(r['device_peak_mib'], 5)} |")
+                     f"{_f(r['img_per_s'])} | {_f(r['host_peak_mib'], 5)} | {_f(r['host_delta_mib'], 4)} | "
+                     f"{_f(r['device_peak_mib'], 5)} |")
     fs = result["full_step"]
     lines += ["", "## Full-size step (RRDB nf=64 nb=23 gc=32, VGG critic nf=64, VGG16 relu3_3)", ""]
     if "skipped" in fs:
         lines.append(f"Skipped: {fs['skipped']}.")
     else:
-        lines += ["| setting | batch | crop px | SSP T | step s | GFLOP | host peak MiB | device peak MiB |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["| setting | batch | crop px | SSP T | step s | min s | GFLOP | host peak MiB | host +MiB | device peak MiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in fs.items():
             lines.append(f"| {name} | {r['batch']} | {r['crop']} | {r['ssp_steps']} | {_f(r['step_s'])} | "
-                         f"{_flops(r['flops'])} | {_f(r['host_peak_mib'], 5)} | {_f(r['device_peak_mib'], 5)} |")
+                         f"{_f(r['min_step_s'])} | {_flops(r['flops'])} | {_f(r['host_peak_mib'], 5)} | "
+                         f"{_f(r['host_delta_mib'], 4)} | {_f(r['device_peak_mib'], 5)} |")
     p, ph = result["purify_224"], result["photo"]
     lines += ["", "## Purification", "",
               "| what | model nf/nb/gc | batch | bf16 | time s | throughput | GFLOP/img | MFU | host peak MiB | device peak MiB |",
