@@ -30,5 +30,8 @@ test: install  ## run the whole test suite (offline, CPU)
 test-fast: install  ## tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
 
+bench: install  ## time the training step, its parts, the fast paths and purification here (benchmarks/RESULTS.md)
+	$(PY) benchmarks/bench.py
+
 clean:  ## remove run outputs (not the venv)
 	rm -rf outputs multirun

@@ -15,17 +15,21 @@ from typing import Callable
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from nrp_lightning.losses import ALPHA, GAMMA, GAN_LOSSES, LAMBDA, feature_distance, feature_loss, pixel_loss
 
+FUSED_ADAM_DEVICES = ("cuda", "cpu")  # fused=True Adam kernels (CPU: 35x faster than foreach for 16.7M params)
 Attack = Callable[[torch.Tensor, nn.Module], torch.Tensor]  # (x in [0,1], features) -> x_adv
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB of ``(B,3,H,W)`` images in [0, 1] (``a`` clamped first)."""
-    return peak_signal_noise_ratio(a.detach().float().clamp(0, 1), b.float(), data_range=1.0)
+    """PSNR in dB of ``(B,3,H,W)`` images in [0, 1] (``a`` clamped first), over the whole batch.
+
+    Plain tensor ops on the inputs' device: torchmetrics' functional PSNR builds a CPU scalar and
+    copies it to the device, a host-device synchronisation in every training step on CUDA."""
+    return -10.0 * torch.log10(F.mse_loss(a.detach().float().clamp(0, 1), b.float()))
 
 
 class NRPModule(pl.LightningModule):
@@ -41,7 +45,8 @@ class NRPModule(pl.LightningModule):
         lr_purifier, lr_critic, betas: Adam settings (paper: 1e-4 for both).
         channels_last: NHWC memory format for the three networks and the inputs.
         compile: ``torch.compile`` the three networks (in place: state-dict keys do not change).
-        fused_adam: fused Adam kernels when every parameter is on a CUDA device.
+        fused_adam: fused Adam kernels when every parameter is on a device torch has them for
+            (CUDA and, since torch 2.4, CPU).
         seed: per-rank seed for SSP random starts and crops (``seed + global_rank``).
     """
 
@@ -73,7 +78,7 @@ class NRPModule(pl.LightningModule):
     def configure_optimizers(self):
         def adam(params, lr):
             params = [p for p in params if p.requires_grad]
-            fused = self.hparams.fused_adam and all(p.is_cuda for p in params)
+            fused = self.hparams.fused_adam and all(p.device.type in FUSED_ADAM_DEVICES for p in params)
             return torch.optim.Adam(params, lr=lr, betas=tuple(self.hparams.betas), fused=fused or None)
         return adam(self.purifier.parameters(), self.hparams.lr_purifier), adam(self.critic.parameters(), self.hparams.lr_critic)
 

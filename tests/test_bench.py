@@ -1,0 +1,75 @@
+"""Smoke run of benchmarks/bench.py at tiny sizes: every code path runs, the JSON has its schema and
+the last line its format. Not a timing test: no number is checked against a target."""
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+LAST_LINE = re.compile(r"^bench: device=(cpu|.+) step_overhead_ratio=\d+\.\d{3} step_s=[0-9.e+-]+ "
+                       r"mfu=(na|\d\.\d{3}) purify_224_img_per_s=[0-9.e+-]+$")
+PART_KEYS = {"median_s", "min_s", "reps", "flops", "summed", "host_peak_mib", "host_delta_mib", "device_peak_mib"}
+STEP_KEYS = {"step_s", "min_step_s", "first_step_s", "between_steps_s", "loader_share", "flops",
+             "host_syncs_in_step", "host_peak_mib", "device_peak_mib", "mfu"}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_benchmark_writes_its_json_table_and_last_line(bench, tmp_path, capsys):
+    # One thread: tiny ops gain nothing from two, and one thread is not slowed down as much when
+    # other processes share the CPUs.
+    result = bench.main(["--quick", "--device", "cpu", "--threads", "1", "--out", str(tmp_path)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert LAST_LINE.match(lines[-1]), lines[-1]
+    assert lines[-1].startswith("bench: device=cpu ") and " mfu=na " in lines[-1]
+
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["schema"] == bench.SCHEMA == result["schema"]
+    assert {"cpu", "logical_cpus", "torch_threads", "torch", "device", "other_processes_cpu_share"} <= set(saved["machine"])
+    assert saved["peak_bf16_matmul_tflops"] == "na"
+
+    step = saved["step"]
+    summed = {"features_clean", "ssp", "generator_step", "critic_step", "metrics"}
+    assert summed | {"ssp_1_iteration", "purifier_fwd_bwd", "feature_loss_fwd_bwd"} == set(step["parts"])
+    for name, part in step["parts"].items():
+        assert PART_KEYS <= set(part), name
+        assert part["summed"] == (name in summed)
+        assert part["median_s"] > 0 and part["reps"] == 2 and part["flops"] > 0 and part["device_peak_mib"] == "na"
+    assert step["sum_of_parts_s"] == pytest.approx(sum(step["parts"][n]["median_s"] for n in summed))
+    assert STEP_KEYS <= set(step["whole"])
+    assert step["step_overhead_ratio"] == pytest.approx(step["whole"]["step_s"] / step["sum_of_parts_s"])
+    # One SSP iteration costs less than the whole attack; the step does at least the parts' FLOPs.
+    assert step["parts"]["ssp_1_iteration"]["flops"] < step["parts"]["ssp"]["flops"]
+    assert step["whole"]["flops"] >= sum(step["parts"][n]["flops"] for n in summed) * 0.99
+
+    assert set(saved["variants"]) == {"fp32", "act_ckpt"}
+    assert all(STEP_KEYS <= set(v) | {"mfu"} and "compile_s" in v for v in saved["variants"].values())
+    assert {r["axis"] for r in saved["scaling"]} == {"batch", "crop", "ssp_steps"}
+    assert "skipped" in saved["full_step"]
+    assert saved["purify_224"]["img_per_s"] > 0 and saved["purify_224"]["size"] == 224
+    assert saved["photo"]["tiles"] == 4 and saved["photo"]["seconds"] > 0
+    assert (tmp_path / "bench.md").read_text().rstrip().endswith(lines[-1])
+
+
+def test_variants_map_to_the_module_switches(bench):
+    fast = bench.VARIANTS["fast"]
+    assert fast.precision == "bf16-mixed" and bench.VARIANTS["fp32"].precision == "32-true"
+    assert "module.compile=True" in fast.overrides() and "module.channels_last=True" in fast.overrides()
+    assert "model.activation_checkpointing=True" in bench.VARIANTS["act_ckpt"].overrides()
+
+
+def test_mfu_is_na_without_a_measured_peak(bench):
+    assert bench.mfu(10**12, 1.0, "na") == "na"
+    assert bench.mfu(10**12, 1.0, 2.0) == pytest.approx(0.5)
+    assert bench.measure_bf16_peak_tflops(torch.device("cpu")) == "na"
