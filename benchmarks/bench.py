@@ -657,37 +657,26 @@ def purify_throughput(model: tuple[int, int, int], batch: int, size: int, device
     return r
 
 
-def purify_tiles(net: torch.nn.Module, image: torch.Tensor, tile: int) -> torch.Tensor:
-    """Purify ``(1,3,H,W)`` tile by tile (``tile`` px squares, no overlap, edge tiles smaller).
-
-    TODO(lead): switch to ``nrp_lightning.tiling`` once it is merged; it is the project's tiled
-    purifier (with overlap and blending). This loop only stands in for its cost: same pixels, no
-    overlap, so it is a lower bound of the real tiled time."""
-    out = torch.empty_like(image)
-    h, w = image.shape[-2:]
-    for top in range(0, h, tile):
-        for left in range(0, w, tile):
-            out[..., top:top + tile, left:left + tile] = purify(net, image[..., top:top + tile, left:left + tile])
-    return out
-
-
 def purify_photo(model: tuple[int, int, int], hw: tuple[int, int], tile: int, device: torch.device, bf16: bool) -> dict:
-    """Time (s) and peak memory (MiB) to purify one ``hw`` photo in ``tile`` px tiles, after one
+    """Time (s) and peak memory (MiB) to purify one ``hw`` photo with ``nrp_lightning.tiling`` (overlapping
+    tiles with exact halos, blended), its memory budget set to what a ``tile`` px tile needs, after one
     warm-up tile. A single run: at full size it is minutes on a CPU."""
+    from nrp_lightning.tiling import bytes_per_pixel, purify_tiled
+
     net = purifier_of(model, device, channels_last=device.type == "cuda")
+    max_memory = tile * tile * bytes_per_pixel(net, next(net.parameters()).dtype)
     image = torch.rand(1, 3, *hw, device=device)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         purify(net, image[..., :tile, :tile])
         sync(device)
         with MemoryProbe(device) as mem:
             start = time.perf_counter()
-            purify_tiles(net, image, tile)
+            purify_tiled(net, image, max_memory=max_memory)
             sync(device)
             seconds = time.perf_counter() - start
-    tiles = -(-hw[0] // tile) * -(-hw[1] // tile)
-    return {"seconds": seconds, "height": hw[0], "width": hw[1], "tile": tile, "tiles": tiles, "bf16": bf16,
+    return {"seconds": seconds, "height": hw[0], "width": hw[1], "tile": tile, "bf16": bf16,
             "model": dict(zip(("nf", "nb", "gc"), model)), "megapixels_per_s": hw[0] * hw[1] / 1e6 / seconds,
-            "tiling": "benchmarks/bench.py purify_tiles (no overlap; switch to nrp_lightning.tiling)", **mem.result}
+            "tiling": f"nrp_lightning.tiling.purify_tiled, max_memory={max_memory / 2**20:.0f} MiB", **mem.result}
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -929,7 +918,7 @@ def markdown(result: dict) -> str:
               f"| 224 px | {p['model']['nf']}/{p['model']['nb']}/{p['model']['gc']} | {p['batch']} | {_f(p['bf16'])} | "
               f"{_f(p['median_s'])} | {_f(p['img_per_s'])} img/s | {_flops(p['flops_per_img'])} | {_f(p['mfu'])} | "
               f"{_f(p['host_peak_mib'], 5)} | {_f(p['device_peak_mib'], 5)} |",
-              f"| {ph['width']}x{ph['height']} photo, {ph['tiles']} tiles of {ph['tile']} px | "
+              f"| {ph['width']}x{ph['height']} photo, tiles within {ph['tiling'].split('=')[-1]} | "
               f"{ph['model']['nf']}/{ph['model']['nb']}/{ph['model']['gc']} | 1 | {_f(ph['bf16'])} | {_f(ph['seconds'])} | "
               f"{_f(ph['megapixels_per_s'])} MP/s | | | {_f(ph['host_peak_mib'], 5)} | {_f(ph['device_peak_mib'], 5)} |", "",
               f"Headline: {last_line(h)}"]

@@ -58,7 +58,7 @@ def test_quick_benchmark_writes_its_json_table_and_last_line(bench, tmp_path, ca
     assert {r["axis"] for r in saved["scaling"]} == {"batch", "crop", "ssp_steps"}
     assert "skipped" in saved["full_step"]
     assert saved["purify_224"]["img_per_s"] > 0 and saved["purify_224"]["size"] == 224
-    assert saved["photo"]["tiles"] == 4 and saved["photo"]["seconds"] > 0
+    assert saved["photo"]["seconds"] > 0 and saved["photo"]["tiling"].startswith("nrp_lightning.tiling")
     assert (tmp_path / "bench.md").read_text().rstrip().endswith(lines[-1])
 
 
