@@ -1,6 +1,6 @@
 """Collect the final report of every job of an ablation sweep into a markdown table.
 
-    python experiments/collect_ablations.py outputs/multirun/demo/2026-11-24_14-07-24 [--out table.md] [--plot curves.png]
+    python experiments/collect_ablations.py outputs/multirun/demo/2026-11-24_14-07-24 [--out table.md] [--plot chart.png]
 
 Each job folder holds ``report.json`` (written by train.py with report=true): feature distance
 (MAE in F's space) and PSNR of SSP adversaries of the held-out crops, before and after the
@@ -36,28 +36,23 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(sweep_dir: Path, path: Path, metrics=("val/feat_dist_purified", "val/psnr_purified")) -> Path:
-    """Validation curves of every job (from its CSV log) side by side: the chart W&B would show
-    when its runs are grouped by the ``ablation`` tag."""
-    import csv
-
+def plot_report(rows: list[dict], path: Path) -> Path:
+    """Bars of each job's final held-out numbers (same SSP for every ablation), the adversarial
+    input's value dashed: the comparison W&B shows with runs grouped by the ``ablation`` tag."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5))
-    for job in sorted(sweep_dir.glob("*/csv/metrics.csv"), key=lambda p: int(p.parent.parent.name.split("_", 1)[0])):
-        name = yaml.safe_load((job.parent.parent / ".hydra" / "config.yaml").read_text()).get("ablation_name", "?")
-        rows = list(csv.DictReader(job.open()))
-        for ax, metric in zip(axes, metrics):
-            pts = [(int(r["step"]) // 2, float(r[metric])) for r in rows if r.get(metric)]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=name)
-    for ax, metric in zip(axes, metrics):
-        ax.set_xlabel("iteration")
-        ax.set_title(metric)
-        ax.grid(alpha=0.3)
+    names = [r["ablation"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, (key, adv_key, title) in zip(axes, [("feat_dist_purified", "feat_dist_adv", "feature distance of P(x′) (lower is better)"),
+                                                ("psnr_purified", "psnr_adv", "PSNR of P(x′) in dB (higher is better)")]):
+        ax.bar(names, [r[key] for r in rows], color="tab:blue")
+        ax.axhline(rows[0][adv_key], color="tab:red", linestyle="--", label="SSP input x′")
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -68,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="a multirun folder: outputs/multirun/<experiment>/<date_time>")
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
-    parser.add_argument("--plot", type=Path, help="also plot the validation curves of every job to this PNG")
+    parser.add_argument("--plot", type=Path, help="also draw the table as bar charts to this PNG")
     args = parser.parse_args(argv)
     rows = collect(args.sweep_dir)
     if not rows:
@@ -79,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(table + "\n")
     if args.plot:
-        print(f"curves: {plot_curves(args.sweep_dir, args.plot)}")
+        print(f"chart: {plot_report(rows, args.plot)}")
     return 0
 
 
