@@ -103,7 +103,7 @@ def test_labelled_data_scores_against_true_labels(tmp_path):
     assert {r["reference"] for r in rows} == {"true label"}
 
 
-@pytest.mark.parametrize("experiment", ["offline", "table1", "table3", "table5", "fig5"])
+@pytest.mark.parametrize("experiment", ["offline", "table1", "table3", "table5", "fig4", "fig5"])
 def test_every_experiment_preset_composes(experiment):
     from hydra import compose, initialize_config_dir
 

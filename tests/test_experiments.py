@@ -170,3 +170,16 @@ def test_ddp_multirun_two_ablations_two_ranks(tmp_path):
     rows = collect(jobs[0].parent)
     assert [r["ablation"] for r in rows] == ["none", "no_feat"]
     assert markdown(rows).count("\n") == 3 and all(r["psnr_adv"] > 0 for r in rows)
+
+
+def test_multirun_job_folders_are_named_by_what_is_swept(monkeypatch):
+    from nrp_lightning.config import job_dirname
+
+    monkeypatch.setattr(sys, "argv", ["train.py", "-m", "experiment=demo", "ablation=gnp,fgsp", "data.source.names=[a,b]"])
+    assert job_dirname(1, ["experiment=demo", "ablation=fgsp", "data.source.names=[a,b]"]) == "1_ablation=fgsp"
+    monkeypatch.setattr(sys, "argv", ["eval.py", "-m", "evaluation/victims@victims=offline", "attacks.SSP.features.layer=4,7"])
+    assert job_dirname(0, ["evaluation/victims@victims=offline", "attacks.SSP.features.layer=4"]) == "0_attacks.SSP.features.layer=4"
+    monkeypatch.setattr(sys, "argv", ["train.py", "-m", "backbone=vgg19", "steps=3"])
+    assert job_dirname(2, ["backbone=vgg19", "steps=3"]) == "2_backbone=vgg19"
+    long = [f"key{i}.x={'v' * 20}" for i in range(10)]
+    assert len(job_dirname(3, long)) <= 102 and "/" not in job_dirname(3, ["a/b=1"])

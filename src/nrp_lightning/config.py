@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -14,12 +16,25 @@ def optimizer_steps(iterations: int) -> int:
     return 2 * int(iterations)
 
 
+def swept_keys(argv: list[str] | None = None) -> set[str]:
+    """Keys a ``-m`` command line sweeps (``key=a,b``, ``key=range(...)``, ``key=choice(...)``)."""
+    keys = set()
+    for arg in (sys.argv[1:] if argv is None else argv):
+        key, sep, value = arg.partition("=")
+        if sep and ("," in re.sub(r"\[.*?\]|\(.*?\)", "", value) or value.startswith(("range(", "choice(", "glob("))):
+            keys.add(key.lstrip("+~"))
+    return keys
+
+
 def job_dirname(num: int, task_overrides: list[str], max_len: int = 100) -> str:
-    """A multirun job's folder name: its number and its config-group choices, e.g.
-    ``1_ablation=gnp`` (``experiment=`` and ``a.b=`` value overrides only when there is no choice)."""
-    overrides = [o.lstrip("+~") for o in task_overrides if not o.lstrip("+~").startswith(("experiment=", "hydra"))]
-    choices = [o for o in overrides if (CONF_DIR / o.split("=", 1)[0]).is_dir()]
-    name = ",".join(choices or overrides).replace("/", "_") or "job"
+    """A multirun job's folder name: its number and the values of the swept keys, e.g.
+    ``1_ablation=gnp`` or ``2_attacks.SSP.features.layer=11`` (else its config-group choices)."""
+    overrides = [o.lstrip("+~") for o in task_overrides if not o.lstrip("+~").startswith("hydra")]
+    swept = swept_keys()
+    chosen = [o for o in overrides if o.split("=", 1)[0] in swept]
+    choices = [o for o in overrides if (CONF_DIR / o.split("=", 1)[0].split("@")[0]).is_dir()
+               and not o.startswith("experiment=")]
+    name = ",".join(chosen or choices or overrides).replace("/", "_") or "job"
     if len(name) > max_len:
         name = f"{name[:max_len - 9]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return f"{num}_{name}"

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from nrp_lightning.attacks.adaptive import AdaptiveAttack
 from nrp_lightning.attacks.ssp import SSP
 from nrp_lightning.attacks.transfer import untargeted_labels
-from nrp_lightning.config import conf_dir
+from nrp_lightning.config import conf_dir, register_resolvers
 from nrp_lightning.defenses.base import Defense, NoDefense
 from nrp_lightning.eval_data import EvalSet, from_uint8, to_uint8
 
@@ -549,6 +549,7 @@ def main() -> None:
               "(detection / segmentation, Tables 2 and 4; `nrp-eval tasks --help`)")
         return
     sys.argv = [sys.argv[0], *_experiment_shorthand(sys.argv[1:])]
+    register_resolvers()
 
     @hydra.main(config_path=conf_dir(), config_name="eval", version_base="1.3")
     def _run(cfg) -> None:
