@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} WANDB_MODE=${WANDB_MODE:-offline}
-exec python eval.py experiment=offline "$@"
+exec "${PY:-.venv/bin/python}" eval.py experiment=offline "$@"
