@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -11,7 +10,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
-from nrp_lightning.images import save_png
+from nrp_lightning.images import atomic_write, save_png
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +44,9 @@ class SampleGrids(pl.Callback):
 
 def save_state_dict(state: dict, path: str | os.PathLike) -> Path:
     """``torch.save`` through a temporary file and a rename (no half-written file after a kill)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_write(path) as f:
+        torch.save(state, f)
+    return Path(path)
 
 
 class ExportPurifier(pl.Callback):

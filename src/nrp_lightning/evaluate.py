@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +37,7 @@ from nrp_lightning.attacks.transfer import untargeted_labels
 from nrp_lightning.config import conf_dir, register_resolvers
 from nrp_lightning.defenses.base import Defense, NoDefense
 from nrp_lightning.eval_data import EvalSet, from_uint8, to_uint8
+from nrp_lightning.images import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +99,8 @@ class AdversarialCache:
             return None
 
     def put(self, key: str, value: torch.Tensor) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.root)
-        os.close(fd)
-        try:
-            torch.save(value, tmp)
-            os.replace(tmp, self.path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(self.path(key)) as f:
+            torch.save(value, f)
         self.computed += 1
 
 

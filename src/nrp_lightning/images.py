@@ -7,10 +7,12 @@ EXIF rotation applied, grayscale/palette/CMYK converted to RGB, alpha composited
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import torch
@@ -79,19 +81,27 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.detach().float().clamp(0, 1) * 255.0).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
-def save_png(x: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Write ``(3, H, W)`` in [0, 1] as an 8-bit PNG, atomically. Returns the path."""
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file that appears at ``path`` only once fully written (temporary file in the same
+    folder, then a rename), so a kill never leaves half a file; the temporary is removed on error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            Image.fromarray(to_uint8(x)).save(f, format="PNG")
+            yield f
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def save_png(x: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write ``(3, H, W)`` in [0, 1] as an 8-bit PNG, atomically. Returns the path."""
+    with atomic_write(path) as f:
+        Image.fromarray(to_uint8(x)).save(f, format="PNG")
+    return Path(path)
 
 
 def list_images(root: str | os.PathLike) -> list[Path]:

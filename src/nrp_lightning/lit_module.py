@@ -159,13 +159,18 @@ class NRPModule(pl.LightningModule):
             "psnr_purified": psnr(purified, x),
         }
 
-    def validation_step(self, x: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
-        x = self._prepare(x)
+    def evaluate_purification(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """``val_attack`` on ``x``, purify, measure: ``(x_adv, P(x_adv) clamped, metrics)``."""
         with torch.enable_grad():  # SSP needs input gradients (trainer.inference_mode must be false)
             x_adv = self.val_attack(x, self.features)
         with torch.no_grad():
             purified = self.purifier(x_adv).clamp(0, 1)
             metrics = self.purification_metrics(x, x_adv, purified, self.features(x))
+        return x_adv, purified, metrics
+
+    def validation_step(self, x: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
+        x = self._prepare(x)
+        x_adv, purified, metrics = self.evaluate_purification(x)
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_epoch=True, sync_dist=True,
                       batch_size=x.shape[0])
         return {"clean": x, "adversarial": x_adv, "purified": purified}

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 
 from nrp_lightning.callbacks import sample_grid
 from nrp_lightning.images import save_png
@@ -22,12 +21,8 @@ def purification_report(module: NRPModule, datamodule, run_dir: str | Path) -> d
     n = 0
     first = None
     for x in datamodule.val_dataloader():
-        x = x.to(device)
-        with torch.enable_grad():
-            x_adv = module.val_attack(x, module.features)
-        with torch.no_grad():
-            purified = module.purifier(x_adv).clamp(0, 1)
-            metrics = module.purification_metrics(x, x_adv, purified, module.features(x))
+        x = module._prepare(x.to(device))
+        x_adv, purified, metrics = module.evaluate_purification(x)
         for k, v in metrics.items():
             totals[k] = totals.get(k, 0.0) + float(v) * x.shape[0]
         n += x.shape[0]
