@@ -15,6 +15,7 @@ they differ every epoch; validation crops are fixed by ``(seed, index)``.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from pathlib import Path
 from typing import Callable
@@ -97,9 +98,11 @@ class EmbeddedImages:
 
 class ImageFolder:
     """Images under ``root`` (recursive). ``subset``: keep a random N of them (seeded), as the
-    paper's 25k random COCO images."""
+    paper's 25k random COCO images. ``cache=True`` keeps every decoded image in memory as uint8
+    (3 bytes a pixel): for a few dozen large photos, whose decoding would otherwise dominate
+    each step on a CPU."""
 
-    def __init__(self, root: str, subset: int | None = None, seed: int = 0) -> None:
+    def __init__(self, root: str, subset: int | None = None, seed: int = 0, cache: bool = False) -> None:
         self.root = Path(root).expanduser()
         paths = list_images(self.root)
         if not paths:
@@ -107,12 +110,17 @@ class ImageFolder:
         if subset is not None and subset < len(paths):
             paths = sorted(random.Random(seed).sample(paths, subset))
         self.paths = paths
+        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def load(self, i: int) -> torch.Tensor:
-        return load_image(self.paths[i])
+        if self._cache is None:
+            return load_image(self.paths[i])
+        if i not in self._cache:
+            self._cache[i] = (load_image(self.paths[i]) * 255).round().to(torch.uint8)
+        return self._cache[i].float() / 255
 
     def name(self, i: int) -> str:
         return str(self.paths[i].relative_to(self.root))
@@ -150,17 +158,26 @@ def resize_for_crop(img: torch.Tensor, crop_size: int, resize: int | None) -> to
 class RandomCrops(Dataset):
     """``length`` random ``crop_size`` crops from a source; item ``i`` is image ``i mod len(source)``.
 
+    ``scales=(lo, hi)`` makes the crops multi-scale: each crop sees the image as if its shorter
+    side had been resized to a side drawn log-uniformly from ``[lo, hi]`` pixels (the window is cut
+    from the full image and resized, antialiased, to ``crop_size``). With ``lo`` near the
+    evaluation size (224) a crop holds whole objects, as a 224 px centre crop of a photo does;
+    with ``hi`` near the native size it holds fine texture. Large photos then give many distinct
+    crops. ``scales=None``: the paper's crops (after the optional ``resize``).
+
     Unreadable images are skipped with a warning (the next image is used) and counted in
     ``skipped``; the epoch never dies on one bad file. ``fixed=True`` gives the same crops every
     epoch (validation); otherwise positions come from torch's global RNG.
     """
 
     def __init__(self, source, crop_size: int = 128, length: int = 1000, resize: int | None = None,
-                 seed: int = 0, fixed: bool = False) -> None:
+                 seed: int = 0, fixed: bool = False, scales: tuple[int, int] | None = None) -> None:
         if len(source) == 0:
             raise ValueError("RandomCrops got an empty image source")
+        if scales is not None and not crop_size <= scales[0] <= scales[1]:
+            raise ValueError(f"scales must be (lo, hi) with crop_size={crop_size} <= lo <= hi, got {scales}")
         self.source, self.crop_size, self.length, self.resize = source, crop_size, length, resize
-        self.seed, self.fixed = seed, fixed
+        self.seed, self.fixed, self.scales = seed, fixed, scales
         self.skipped: set[str] = set()
 
     def __len__(self) -> int:
@@ -180,12 +197,23 @@ class RandomCrops(Dataset):
         raise RuntimeError(f"none of the {n} images of the source could be read")
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        img = resize_for_crop(self._load(i % len(self.source)), self.crop_size, self.resize)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + i) if self.fixed else None
+        if self.scales is None:
+            img, window = resize_for_crop(self._load(i % len(self.source)), self.crop_size, self.resize), self.crop_size
+        else:
+            img = self._load(i % len(self.source))
+            lo, hi = self.scales
+            side = math.exp(math.log(lo) + float(torch.rand((), generator=g)) * math.log(hi / lo))
+            window = min(img.shape[-2:] + (round(self.crop_size * min(img.shape[-2:]) / side),))
+            window = max(window, 1)
         h, w = img.shape[-2:]
-        top = int(torch.randint(0, h - self.crop_size + 1, (1,), generator=g))
-        left = int(torch.randint(0, w - self.crop_size + 1, (1,), generator=g))
-        return img[:, top:top + self.crop_size, left:left + self.crop_size].contiguous()
+        top = int(torch.randint(0, h - window + 1, (1,), generator=g))
+        left = int(torch.randint(0, w - window + 1, (1,), generator=g))
+        crop = img[:, top:top + window, left:left + window]
+        if window != self.crop_size:
+            crop = F.interpolate(crop[None], size=(self.crop_size, self.crop_size), mode="bilinear",
+                                 antialias=window > self.crop_size, align_corners=False)[0].clamp(0.0, 1.0)
+        return crop.contiguous()
 
 
 class NRPDataModule(pl.LightningDataModule):
@@ -199,11 +227,13 @@ class NRPDataModule(pl.LightningDataModule):
         samples_per_epoch: crops per epoch (default: one per training image).
         val_images: images held out from training for validation (taken after a seeded shuffle).
         val_crops: fixed validation crops, spread over the held-out images.
+        scales: multi-scale crops ``(lo, hi)``, see ``RandomCrops`` (training and validation).
     """
 
     def __init__(self, source, crop_size: int = 128, resize: int | None = None, batch_size: int = 16,
                  num_workers: int = 0, samples_per_epoch: int | None = None, val_images: int = 1,
-                 val_crops: int = 8, seed: int = 0, pin_memory: bool = False) -> None:
+                 val_crops: int = 8, seed: int = 0, pin_memory: bool = False,
+                 scales: tuple[int, int] | None = None) -> None:
         super().__init__()
         if crop_size < 32:
             raise ValueError(f"crop_size must be >= 32 (the critic's five stride-2 blocks), got {crop_size}")
@@ -217,8 +247,10 @@ class NRPDataModule(pl.LightningDataModule):
         order = list(range(len(source)))
         random.Random(seed).shuffle(order)
         val_idx, train_idx = sorted(order[:val_images]), sorted(order[val_images:])
-        self.train_set = RandomCrops(Subset(source, train_idx), crop_size, samples_per_epoch or len(train_idx), resize, seed)
-        self.val_set = (RandomCrops(Subset(source, val_idx), crop_size, val_crops, resize, seed + 1, fixed=True)
+        scales = tuple(scales) if scales is not None else None
+        self.train_set = RandomCrops(Subset(source, train_idx), crop_size, samples_per_epoch or len(train_idx), resize, seed,
+                                     scales=scales)
+        self.val_set = (RandomCrops(Subset(source, val_idx), crop_size, val_crops, resize, seed + 1, fixed=True, scales=scales)
                         if val_images else None)
 
     def setup(self, stage: str | None = None) -> None:

@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nrp_lightning.losses import ALPHA, GAMMA, GAN_LOSSES, LAMBDA, feature_distance, feature_loss, pixel_loss
+from nrp_lightning.losses import (ALPHA, GAMMA, GAN_LOSSES, LAMBDA, PIXEL_DISTANCES, feature_distance, feature_loss,
+                                  pixel_loss)
 
 FUSED_ADAM_DEVICES = ("cuda", "cpu")  # fused=True Adam kernels (CPU: 35x faster than foreach for 16.7M params)
+LR_SCHEDULES = ("constant", "cosine")
 Attack = Callable[[torch.Tensor, nn.Module], torch.Tensor]  # (x in [0,1], features) -> x_adv
 
 
@@ -42,7 +44,13 @@ class NRPModule(pl.LightningModule):
             every ablation, so that their numbers compare.
         alpha, gamma, lam: weights of L_adv, L_img, L_feat (paper: 5e-3, 1e-2, 1).
         gan_loss: ``ragan`` (paper) or ``vanilla``.
+        pixel_distance: L_img as ``mse`` (the usual reading) or ``l2`` (the per-image norm of Eq. 6).
         lr_purifier, lr_critic, betas: Adam settings (paper: 1e-4 for both).
+        weak_fraction: share of each batch whose perturbation ``x' - x`` is scaled by ``u ~ U(0, 1)``
+            (one ``u`` per image; 0 = the paper: every input at full strength). Inputs from clean
+            to full strength teach the purifier to leave what is not perturbed alone.
+        lr_schedule: ``constant`` (paper) or ``cosine``: both learning rates decay along a half
+            cosine to zero over ``schedule_iterations`` (not in the paper; for short CPU runs).
         channels_last: NHWC memory format for the three networks and the inputs.
         compile: ``torch.compile`` the three networks (in place: state-dict keys do not change).
         fused_adam: fused Adam kernels when every parameter is on a device torch has them for
@@ -51,12 +59,20 @@ class NRPModule(pl.LightningModule):
     """
 
     def __init__(self, purifier: nn.Module, critic: nn.Module, features: nn.Module, attack: Attack,
-                 val_attack: Attack | None = None, alpha: float = ALPHA, gamma: float = GAMMA, lam: float = LAMBDA, gan_loss: str = "ragan",
+                 val_attack: Attack | None = None, alpha: float = ALPHA, gamma: float = GAMMA, lam: float = LAMBDA, gan_loss: str = "ragan", pixel_distance: str = "mse",
                  lr_purifier: float = 1e-4, lr_critic: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
-                 channels_last: bool = False, compile: bool = False, fused_adam: bool = True, seed: int = 0) -> None:
+                 weak_fraction: float = 0.0, lr_schedule: str = "constant", schedule_iterations: int | None = None, channels_last: bool = False, compile: bool = False, fused_adam: bool = True, seed: int = 0) -> None:
         super().__init__()
         if gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss must be one of {sorted(GAN_LOSSES)}, got {gan_loss!r}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        if lr_schedule == "cosine" and not (schedule_iterations or 0) > 0:
+            raise ValueError(f"lr_schedule=cosine needs schedule_iterations > 0, got {schedule_iterations}")
+        if pixel_distance not in PIXEL_DISTANCES:
+            raise ValueError(f"pixel_distance must be one of {PIXEL_DISTANCES}, got {pixel_distance!r}")
+        if not 0.0 <= weak_fraction <= 1.0:
+            raise ValueError(f"weak_fraction must be in [0, 1], got {weak_fraction}")
         if min(alpha, gamma, lam) < 0:
             raise ValueError(f"loss weights must be >= 0, got alpha={alpha} gamma={gamma} lam={lam}")
         self.automatic_optimization = False
@@ -80,7 +96,11 @@ class NRPModule(pl.LightningModule):
             params = [p for p in params if p.requires_grad]
             fused = self.hparams.fused_adam and all(p.device.type in FUSED_ADAM_DEVICES for p in params)
             return torch.optim.Adam(params, lr=lr, betas=tuple(self.hparams.betas), fused=fused or None)
-        return adam(self.purifier.parameters(), self.hparams.lr_purifier), adam(self.critic.parameters(), self.hparams.lr_critic)
+        optimizers = [adam(self.purifier.parameters(), self.hparams.lr_purifier), adam(self.critic.parameters(), self.hparams.lr_critic)]
+        if self.hparams.lr_schedule == "constant":
+            return optimizers
+        schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.hparams.schedule_iterations) for opt in optimizers]
+        return optimizers, schedulers
 
     def on_fit_start(self) -> None:
         # Different SSP random starts and crops on every rank; a resumed run restores its own RNG.
@@ -101,15 +121,22 @@ class NRPModule(pl.LightningModule):
 
     # ------------------------------------------------------- Algorithm 2 parts
     def find_adversaries(self, x: torch.Tensor) -> torch.Tensor:
-        """Line 3: x' from x (SSP in NRP; Gaussian noise or FGSM in the ablations)."""
-        return self.attack(x, self.features)
+        """Line 3: x' from x (SSP in NRP; Gaussian noise or FGSM in the ablations), then, with
+        ``weak_fraction``, some perturbations weakened (still inside the budget and [0, 1])."""
+        x_adv = self.attack(x, self.features)
+        if self.hparams.weak_fraction > 0:
+            b = x.shape[0]
+            weak = torch.rand(b, device=x.device) < self.hparams.weak_fraction
+            strength = torch.where(weak, torch.rand(b, device=x.device), torch.ones(b, device=x.device))
+            x_adv = x + strength.view(b, 1, 1, 1) * (x_adv - x)
+        return x_adv
 
     def purifier_loss(self, x: torch.Tensor, purified: torch.Tensor, feat_clean: torch.Tensor) -> dict[str, torch.Tensor]:
         """Eq. 8 and its three terms. The critic sees real images without gradient."""
         hp = self.hparams
         logits_real = self.critic(x).detach()
         l_adv = self.generator_gan_loss(self.critic(purified), logits_real) if hp.alpha > 0 else purified.new_zeros(())
-        l_img = pixel_loss(purified, x)
+        l_img = pixel_loss(purified, x, hp.pixel_distance)
         l_feat = feature_loss(self.features(purified), feat_clean) if hp.lam > 0 else purified.new_zeros(())
         loss = hp.alpha * l_adv + hp.gamma * l_img + hp.lam * l_feat
         return {"loss_purifier": loss, "loss_adv": l_adv, "loss_img": l_img, "loss_feat": l_feat}
@@ -140,6 +167,8 @@ class NRPModule(pl.LightningModule):
         self.manual_backward(loss_critic)
         opt_critic.step()
         self.untoggle_optimizer(opt_critic)
+        for scheduler in self.lr_schedulers() or []:
+            scheduler.step()
 
         with torch.no_grad():
             metrics = {f"train/{k}": v.detach() for k, v in terms.items()}

@@ -35,11 +35,28 @@ def build_module(cfg: DictConfig) -> NRPModule:
     """NRPModule from the ``model`` (purifier), ``critic``, ``backbone``, ``attack``, ``loss`` and
     ``module`` groups and the ``val_attack`` node."""
     inst = lambda node: hydra.utils.instantiate(node, _convert_="all")  # noqa: E731  (plain Python values)
+    purifier = inst(cfg.model)
+    if cfg.get("init_purifier"):
+        start_from(purifier, cfg.init_purifier)
     return NRPModule(
-        purifier=inst(cfg.model), critic=inst(cfg.critic), features=inst(cfg.backbone), attack=inst(cfg.attack),
+        purifier=purifier, critic=inst(cfg.critic), features=inst(cfg.backbone), attack=inst(cfg.attack),
         val_attack=inst(cfg.val_attack),
-        **OmegaConf.to_container(cfg.loss), **OmegaConf.to_container(cfg.module), seed=cfg.seed,
+        **OmegaConf.to_container(cfg.loss, resolve=True), **OmegaConf.to_container(cfg.module, resolve=True), seed=cfg.seed,
     )
+
+
+def start_from(purifier, path: str) -> None:
+    """Fine-tune: copy the weights of the purifier file ``path`` (``"default"``: the one shipped
+    with the package) into ``purifier``, whose architecture and size must match."""
+    from nrp_lightning.purify import load_purifier
+
+    source = load_purifier(None if path == "default" else path)
+    try:
+        purifier.load_state_dict(source.state_dict(), strict=True)
+    except RuntimeError:
+        raise ValueError(f"init_purifier={path} holds a {source.spec}, which does not match the model config "
+                         f"{type(purifier).__name__}; pick the model group that matches it or another file") from None
+    log.info("purifier starts from %s (%s)", source.path, source.spec)
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:

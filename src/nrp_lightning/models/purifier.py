@@ -5,12 +5,29 @@ state dicts exactly, so both load with ``strict=True``.
 
 Input: ``(B, 3, H, W)`` RGB in [0, 1], any H and W. Output: same shape, *not* clamped: the
 official checkpoints were trained that way; callers clamp to [0, 1] (see ``purify``).
+
+Initialisation: every conv inside a residual branch (the five convs of each residual dense
+block, the two of each ResNet block) starts Kaiming-normal (fan-in) scaled by
+``RESIDUAL_INIT_SCALE`` = 0.1 with zero bias, as BasicSR's ``default_init_weights(..., 0.1)`` and
+the authors' ``initialize_weights(..., 0.1)`` do, so each block starts close to the identity.
+Loading a state dict replaces it.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+RESIDUAL_INIT_SCALE = 0.1  # BasicSR / the authors' module_util.initialize_weights(..., 0.1)
+
+
+def init_residual_branch(convs: list[nn.Conv2d], scale: float = RESIDUAL_INIT_SCALE) -> None:
+    """Kaiming-normal (fan-in, a=0) weights times ``scale`` and zero biases, in place."""
+    for conv in convs:
+        nn.init.kaiming_normal_(conv.weight, a=0, mode="fan_in")
+        conv.weight.data.mul_(scale)
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
 
 
 class ResidualDenseBlock(nn.Module):
@@ -25,6 +42,7 @@ class ResidualDenseBlock(nn.Module):
         self.conv5 = nn.Conv2d(nf + 4 * gc, nf, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(0.2, inplace=True)
         self.residual_scale = residual_scale
+        init_residual_branch([self.conv1, self.conv2, self.conv3, self.conv4, self.conv5])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.lrelu(self.conv1(x))
@@ -90,6 +108,7 @@ class ResidualBlockNoBN(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(nf, nf, 3, 1, 1)
         self.conv2 = nn.Conv2d(nf, nf, 3, 1, 1)
+        init_residual_branch([self.conv1, self.conv2])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(torch.relu(self.conv1(x)))

@@ -1,0 +1,114 @@
+"""A one-minute screen of purifier checkpoints on the held-out photos, for tuning a recipe.
+
+Both sides at once, as DESIGN.md section 4 asks: clean images must stay clean (PSNR of P(x)
+against x, share of clean top-1 predictions each of the four shipped classifiers changes) and
+attacks must lose their effect (MI-FGSM and SSP at eps 16, crafted on MobileNetV2, success on the
+black-box EfficientNet-Lite0). JPEG q75 is measured beside it. The reported numbers of
+docs/reproduction.md come from ``eval.py``, not from this screen.
+
+    python experiments/probe_purifier.py outputs/nrp_cpu-none/purifier.pth [more.pth ...]
+
+Held-out photos: ``data/photos/heldout`` (``experiments/build_photo_corpus.py``), 5 crops each
+(centre square and four 70% corners) at 224 px; adversarial sets are cached in ``--cache``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from nrp_lightning.attacks.ssp import SSP
+from nrp_lightning.attacks.transfer import mifgsm
+from nrp_lightning.defenses import JPEG
+from nrp_lightning.eval_data import EMBEDDED_CROPS, center_square
+from nrp_lightning.images import list_images, load_image
+from nrp_lightning.models.classifiers import load_classifier
+from nrp_lightning.models.features import mobilenet_v2
+from nrp_lightning.purify import load_purifier
+
+VICTIMS = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+BLACK_BOX = "efficientnet_lite0"
+CONFIDENT = 0.3
+
+
+def heldout_images(root: Path, size: int = 224) -> torch.Tensor:
+    crops = [center_square(load_image(p), size, s, o) for p in list_images(root) for s, o in EMBEDDED_CROPS]
+    return torch.stack(crops)
+
+
+@torch.no_grad()
+def predict(model, x: torch.Tensor, batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    probs = torch.cat([model(x[i:i + batch]).softmax(1) for i in range(0, len(x), batch)])
+    top = probs.max(1)
+    return top.indices, top.values
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return -10 * torch.log10(((a - b) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10))
+
+
+def adversarial_sets(x: torch.Tensor, source, cache: Path) -> dict[str, torch.Tensor]:
+    cache.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, make in (("MI-FGSM", lambda: _batched(lambda b: mifgsm(eps=16)(b, source(b).argmax(1), source), x)),
+                       ("SSP", lambda: _batched(lambda b: SSP(eps=16, step_size=4.0, steps=20)(b, mobilenet_v2(layer=7)), x))):
+        path = cache / f"{name}-{len(x)}.pt"
+        if not path.is_file():
+            torch.manual_seed(0)
+            torch.save((make() * 255).round().to(torch.uint8), path)
+        out[name] = torch.load(path, weights_only=True).float() / 255
+    return out
+
+
+def _batched(fn, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    return torch.cat([fn(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def probe(defenses: dict, x: torch.Tensor, adv: dict[str, torch.Tensor], victims: dict) -> dict[str, dict]:
+    clean_pred = {v: predict(m, x) for v, m in victims.items()}
+    confident = clean_pred[BLACK_BOX][1] >= CONFIDENT
+    results = {}
+    for d_name, defend in defenses.items():
+        with torch.no_grad():
+            dx = _batched(defend, x)
+        row = {"psnr": float(psnr(dx, x).mean())}
+        for v, m in victims.items():
+            row[f"changed_{v}"] = 100 * float((predict(m, dx)[0] != clean_pred[v][0]).float().mean())
+        row["changed_confident"] = 100 * float((predict(victims[BLACK_BOX], dx)[0] != clean_pred[BLACK_BOX][0])[confident].float().mean())
+        for a_name, xa in adv.items():
+            with torch.no_grad():
+                pred = predict(victims[BLACK_BOX], _batched(defend, xa))[0]
+            row[f"success_{a_name}"] = 100 * float((pred != clean_pred[BLACK_BOX][0]).float().mean())
+        results[d_name] = row
+    return results, int(confident.sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="*", help="purifier files (any format load_purifier reads)")
+    parser.add_argument("--photos", type=Path, default=Path("data/photos/heldout"))
+    parser.add_argument("--cache", type=Path, default=Path("outputs/probe_cache"))
+    parser.add_argument("--baselines", action="store_true", help="also show no defence and JPEG q75")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    x = heldout_images(args.photos)
+    victims = {v: load_classifier(v) for v in VICTIMS}
+    adv = adversarial_sets(x, victims["mobilenet_v2"], args.cache)
+    defenses = {"none": lambda b: b, "JPEG75": JPEG(75)} if args.baselines else {}
+    for ckpt in args.checkpoints:
+        purifier = load_purifier(ckpt).eval()
+        defenses[ckpt] = lambda b, p=purifier: p(b).clamp(0, 1)
+    results, n_conf = probe(defenses, x, adv, victims)
+    print(f"{len(x)} held-out crops ({n_conf} with {BLACK_BOX} clean top-1 prob >= {CONFIDENT})", file=sys.stderr)
+    cols = ["psnr", *[f"changed_{v}" for v in VICTIMS], "changed_confident", *[f"success_{a}" for a in adv]]
+    print("defence".ljust(44) + "".join(c.replace("changed_", "chg_").replace("efficientnet_", "")[:14].rjust(15) for c in cols))
+    for name, row in results.items():
+        print(name[-44:].ljust(44) + "".join(f"{row[c]:15.1f}" for c in cols))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

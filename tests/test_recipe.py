@@ -1,0 +1,104 @@
+"""The CPU recipe's pieces (issue 10): multi-scale crops, in-memory photos, weakened inputs,
+the cosine schedule, the authors' x0.1 initialisation and fine-tuning from a purifier file."""
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from nrp_lightning.config import compose
+from nrp_lightning.data import ImageFolder, RandomCrops
+from nrp_lightning.lit_module import NRPModule
+from nrp_lightning.models.critic import VGGCritic
+from nrp_lightning.models.purifier import RESIDUAL_INIT_SCALE, ResNetPurifier, RRDBPurifier
+from nrp_lightning.train import start_from
+
+
+def _photo(path, w=400, h=300):
+    g = torch.Generator().manual_seed(0)
+    arr = (torch.rand(h // 10, w // 10, 3, generator=g) * 255).to(torch.uint8).numpy()
+    Image.fromarray(arr).resize((w, h), Image.BILINEAR).save(path)
+
+
+def test_multiscale_crops_cover_the_scale_range(tmp_path):
+    _photo(tmp_path / "a.png", 400, 300)
+    crops = RandomCrops(ImageFolder(str(tmp_path)), crop_size=32, length=4, scales=(64, 300))
+    batch = torch.stack([crops[i] for i in range(4)])
+    assert batch.shape == (4, 3, 32, 32) and 0 <= batch.min() and batch.max() <= 1
+    # Fixed crops are reproducible; the finest scale (300 = the native shorter side) is a plain cut.
+    fixed = RandomCrops(ImageFolder(str(tmp_path)), crop_size=32, length=2, scales=(64, 300), fixed=True)
+    assert torch.equal(fixed[1], fixed[1])
+    native = RandomCrops(ImageFolder(str(tmp_path)), crop_size=32, length=1, scales=(300, 300), fixed=True)[0]
+    img = ImageFolder(str(tmp_path)).load(0)
+    windows = img.unfold(1, 32, 1).unfold(2, 32, 1)  # (3, H-31, W-31, 32, 32): every 32 px cut
+    assert (windows - native[:, None, None]).abs().amax(dim=(0, 3, 4)).min() < 1e-6
+    with pytest.raises(ValueError, match="scales"):
+        RandomCrops(ImageFolder(str(tmp_path)), crop_size=32, scales=(16, 300))
+
+
+def test_cached_folder_returns_the_same_pixels(tmp_path):
+    _photo(tmp_path / "a.png")
+    plain, cached = ImageFolder(str(tmp_path)), ImageFolder(str(tmp_path), cache=True)
+    assert torch.allclose(plain.load(0), cached.load(0), atol=1 / 510)
+    assert cached.load(0) is not cached.load(0) and torch.equal(cached.load(0), cached.load(0))
+
+
+@pytest.mark.parametrize("net", [RRDBPurifier(nf=32, nb=2, gc=16), ResNetPurifier(nf=32, nb=2)])
+def test_residual_branches_start_at_a_tenth_of_kaiming(net):
+    branch = [m for name, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)
+              and ("RDB" in name or "recon_trunk" in name)]
+    assert branch
+    for conv in branch:
+        fan_in = conv.weight[0].numel()
+        expected = RESIDUAL_INIT_SCALE * math.sqrt(2.0 / fan_in)
+        assert abs(conv.weight.std().item() / expected - 1) < 0.25
+        assert torch.count_nonzero(conv.bias) == 0
+
+
+def _module(**kw):
+    from nrp_lightning.attacks.training_inputs import GaussianNoise
+
+    feats = torch.nn.Conv2d(3, 4, 3, padding=1).requires_grad_(False)
+    return NRPModule(RRDBPurifier(8, 1, 4), VGGCritic(nf=4, fc_dim=8), feats, GaussianNoise(sigma=16), **kw)
+
+
+def test_weak_fraction_scales_perturbations_inside_the_budget():
+    x = torch.rand(64, 3, 8, 8) * 0.5 + 0.25
+    torch.manual_seed(0)
+    full = _module().find_adversaries(x) - x
+    torch.manual_seed(0)
+    weak = _module(weak_fraction=1.0).find_adversaries(x) - x
+    ratio = (weak.flatten(1) / full.flatten(1)).median(dim=1).values
+    assert (ratio >= 0).all() and (ratio <= 1).all() and ratio.std() > 0.1  # one U(0,1) factor per image
+    torch.manual_seed(0)
+    half = _module(weak_fraction=0.5).find_adversaries(x) - x
+    kept = torch.isclose(half, full).flatten(1).all(1).float().mean()
+    assert 0.25 < kept < 0.75
+    with pytest.raises(ValueError, match="weak_fraction"):
+        _module(weak_fraction=1.5)
+
+
+def test_cosine_schedule_needs_a_length():
+    with pytest.raises(ValueError, match="schedule_iterations"):
+        _module(lr_schedule="cosine")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _module(lr_schedule="step")
+
+
+def test_init_purifier_copies_weights_and_refuses_other_sizes(tmp_path):
+    donor = RRDBPurifier(8, 1, 4)
+    torch.save(donor.state_dict(), tmp_path / "p.pth")
+    target = RRDBPurifier(8, 1, 4)
+    start_from(target, str(tmp_path / "p.pth"))
+    assert all(torch.equal(a, b) for a, b in zip(donor.state_dict().values(), target.state_dict().values()))
+    with pytest.raises(ValueError, match="does not match the model config"):
+        start_from(RRDBPurifier(8, 2, 4), str(tmp_path / "p.pth"))
+
+
+def test_nrp_cpu_recipe_composes_with_its_options(tmp_path):
+    cfg = compose(["experiment=nrp_cpu"], run_dir=str(tmp_path))
+    assert cfg.data.source._target_.endswith("ImageFolder") and cfg.data.source.cache
+    assert list(cfg.data.scales) == [224, 1080]
+    assert cfg.module.lr_schedule == "cosine" and cfg.module.schedule_iterations == cfg.steps
+    full = compose(["experiment=nrp_full"], run_dir=str(tmp_path))
+    assert full.module.lr_schedule == "constant" and full.module.weak_fraction == 0.0 and full.init_purifier is None
