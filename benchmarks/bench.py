@@ -28,20 +28,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
 import json
 import logging
 import math
 import os
-import platform
-import resource
 import statistics
-import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -52,15 +48,16 @@ import hydra  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from nrp_bench.flops import StepFlopCounter, count_flops, measure_bf16_peak_tflops, mfu  # noqa: E402
+from nrp_bench.machine import CpuLoad, device_name, log, machine_info, sync  # noqa: E402
+from nrp_bench.probes import MemoryProbe, summarize, time_fn, timed_call, warm_up  # noqa: E402
 from nrp_lightning.config import compose  # noqa: E402
 from nrp_lightning.lit_module import NRPModule  # noqa: E402
 from nrp_lightning.models.purifier import RRDBPurifier, purify  # noqa: E402
 from nrp_lightning.train import build_module  # noqa: E402
 
 SCHEMA = "nrp-bench/1"
-MIB = 2**20
 FULL_RRDB = (64, 23, 32)  # the paper's purifier: nf, nb, gc
 SMALL_RRDB = (32, 2, 16)  # conf/model/rrdb_small.yaml
 
@@ -151,209 +148,6 @@ def profile_for(device: torch.device, quick: bool, full: bool) -> Profile:
                    purify_model=FULL_RRDB, purify_batch=16 if cuda else 1, purify_reps=10 if cuda else 2,
                    photo=(3000, 4000), photo_model=FULL_RRDB if cuda else SMALL_RRDB, tile=512,
                    full_step=FULL_STEP)
-
-
-# --------------------------------------------------------------------------- machine and timing
-def machine_info(device: torch.device) -> dict:
-    """CPU model, threads, library versions and, on CUDA, the GPU."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "lightning": pl.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "device": device_name(device)}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version(), sm_count=props.multi_processor_count)
-    return info
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def host_rss_mib() -> float:
-    """Current resident set size of this process in MiB (Linux /proc; 'na'-free fallback: peak)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def release_free_host_memory() -> None:
-    """Give freed heap memory back to the OS (glibc ``malloc_trim``), so that the RSS at the start
-    of a measurement is the live set and its peak is the measurement's own. No-op elsewhere."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-@dataclass
-class MemoryProbe:
-    """Peak host RSS and peak device memory over a block, in MiB.
-
-    Linux lets a process reset its peak RSS (``echo 5 > /proc/self/clear_refs``), so the host peak
-    is the block's own; where that fails the host peak is the process's peak so far (``host_reset``
-    says which). ``host_delta_mib`` is the peak minus the RSS at the start of the block."""
-
-    device: torch.device
-    host_reset: bool = False
-    start_rss: float = 0.0
-    result: dict = field(default_factory=dict)
-
-    def __enter__(self) -> "MemoryProbe":
-        release_free_host_memory()
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.host_reset = True
-        except OSError:
-            self.host_reset = False
-        self.start_rss = host_rss_mib()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        peak = _host_peak_mib()
-        self.result = {"host_peak_mib": round(peak, 1), "host_delta_mib": round(peak - self.start_rss, 1),
-                       "host_peak_is_block_only": self.host_reset,
-                       "device_peak_mib": (round(torch.cuda.max_memory_allocated(self.device) / MIB, 1)
-                                           if self.device.type == "cuda" else "na")}
-
-
-def _host_peak_mib() -> float:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class _GlobalOnly:
-    """Stands in for FlopCounterMode's ModuleTracker, whose backward hooks make
-    ``torch.autograd.grad`` on a leaf input fail (SSP's input gradient: "A leaf node was passed to
-    _will_engine_execute_node"). We only read the total, which FlopCounterMode keeps under 'Global'."""
-
-    parents = frozenset({"Global"})
-
-    def __enter__(self) -> "_GlobalOnly":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
-class StepFlopCounter(FlopCounterMode):
-    """``torch.utils.flop_counter.FlopCounterMode`` (its FLOP formulas and dispatch mode) counting
-    totals only, so that it works around ``torch.autograd.grad``."""
-
-    def __init__(self) -> None:
-        super().__init__(display=False)
-        self.mod_tracker = _GlobalOnly()
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of ``fn`` (forward and backward ops that FlopCounterMode has formulas for)."""
-    with StepFlopCounter() as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def timed_call(fn: Callable[[], object], device: torch.device) -> tuple[float, dict]:
-    """One synchronised call of ``fn``: wall seconds and its peak memory (``MemoryProbe``)."""
-    sync(device)
-    with MemoryProbe(device) as mem:
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        seconds = time.perf_counter() - start
-    return seconds, mem.result
-
-
-def summarize(samples: list[tuple[float, dict]]) -> dict:
-    """Median and min seconds of ``(seconds, memory)`` samples; memory is the largest peak."""
-    times = [t for t, _ in samples]
-    mems = [m for _, m in samples]
-    worst = lambda key: mems[0][key] if isinstance(mems[0][key], str) else max(m[key] for m in mems)  # noqa: E731
-    return {"median_s": statistics.median(times), "min_s": min(times), "reps": len(times),
-            **{k: worst(k) for k in ("host_peak_mib", "host_delta_mib", "device_peak_mib")}}
-
-
-def warm_up(fn: Callable[[], object], warmup: int, flops: bool) -> int | str:
-    """``warmup`` plain calls, then one call under the FLOP counter (it runs through a dispatch mode,
-    so it neither warms up nor is timed). Returns its FLOPs, or 'na'."""
-    for _ in range(warmup):
-        fn()
-    return count_flops(fn) if flops else "na"
-
-
-def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, reps: int, flops: bool = True) -> dict:
-    """Median wall time (s) of ``fn`` over ``reps`` synchronised calls after ``warmup`` calls,
-    its FLOPs per call and its peak memory (MiB)."""
-    flop_count = warm_up(fn, warmup, flops)
-    return {**summarize([timed_call(fn, device) for _ in range(reps)]), "flops": flop_count}
-
-
-class CpuLoad:
-    """Share of the machine's CPU time that *other* processes used between ``start`` and ``stop``
-    (Linux /proc; 'na' elsewhere). The benchmark shares the CPUs with whatever else runs: a high
-    share means noisy times."""
-
-    def __init__(self) -> None:
-        self._start = self._read()
-
-    @staticmethod
-    def _read() -> tuple[float, float, float] | None:
-        try:
-            fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-            own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, ValueError, IndexError):
-            return None
-        idle = fields[3] + fields[4]
-        return sum(fields), sum(fields) - idle, float(own[11]) + float(own[12])  # total, busy, own utime+stime
-
-    def stop(self) -> float | str:
-        end = self._read()
-        if self._start is None or end is None or end[0] == self._start[0]:
-            return "na"
-        total, busy, own = (e - s for e, s in zip(end, self._start))
-        return max(0.0, (busy - own) / total)
-
-
-def measure_bf16_peak_tflops(device: torch.device) -> float | str:
-    """The device's achievable dense bf16 matmul rate in TFLOP/s (8192^3 matmuls); 'na' on CPU."""
-    if device.type != "cuda":
-        return "na"
-    n = 8192
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    reps, best = 20, float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        sync(device)
-        best = min(best, (time.perf_counter() - start) / reps)
-    return 2 * n**3 / best / 1e12
-
-
-def mfu(flops: int | str, seconds: float, peak_tflops: float | str) -> float | str:
-    """Achieved FLOP/s over the measured bf16 peak, or 'na'."""
-    if isinstance(flops, str) or isinstance(peak_tflops, str) or seconds <= 0:
-        return "na"
-    return flops / seconds / (peak_tflops * 1e12)
 
 
 # --------------------------------------------------------------------------- building the step
@@ -680,10 +474,6 @@ def purify_photo(model: tuple[int, int, int], hw: tuple[int, int], tile: int, de
 
 
 # --------------------------------------------------------------------------- the benchmark
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 def headline_variant(device: torch.device) -> tuple[str, Variant]:
     """The setting we train with on this device: all fast paths on CUDA; fp32 eager on CPU, where
     bf16 and compile are measured as variants (see RESULTS.md for why they are not the default)."""
