@@ -23,6 +23,9 @@ each run on CUDA; seeds are fixed. Writes ``bench.json`` and ``bench.md`` under 
 prints the table; the last line is::
 
     bench: device=<cpu|cuda name> step_overhead_ratio=<x> step_s=<s> mfu=<f or na> purify_224_img_per_s=<y>
+
+The measurements live in ``nrp_bench/``, one concern a module (its ``__init__`` lists them); this
+file runs them in order, writes the result and is the command line.
 """
 from __future__ import annotations
 
@@ -30,7 +33,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
 import warnings
@@ -41,176 +43,16 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 import hydra  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
-from nrp_bench.flops import count_flops, measure_bf16_peak_tflops, mfu  # noqa: E402
+from nrp_bench.flops import measure_bf16_peak_tflops  # noqa: E402
 from nrp_bench.loader import jpeg_loader_batch_s, loader_batch_s  # noqa: E402
-from nrp_bench.machine import CpuLoad, device_name, log, machine_info, sync  # noqa: E402
-from nrp_bench.probes import MemoryProbe, summarize, time_fn, timed_call, warm_up  # noqa: E402
-from nrp_bench.profiles import VARIANTS, Profile, Variant, headline_variant, profile_for, step_config  # noqa: E402
-from nrp_bench.step_parts import prepared_module, step_parts  # noqa: E402
-from nrp_bench.trainer_step import eager_step_flops, trainer_step  # noqa: E402
-from nrp_lightning.models.purifier import RRDBPurifier, purify  # noqa: E402
+from nrp_bench.machine import CpuLoad, device_name, log, machine_info  # noqa: E402
+from nrp_bench.profiles import Profile, Variant, profile_for, step_config  # noqa: E402
+from nrp_bench.purification import purify_photo, purify_throughput  # noqa: E402
+from nrp_bench.report import last_line, markdown  # noqa: E402
+from nrp_bench.training import bench_full_step, bench_scaling, bench_step_breakdown, bench_variants  # noqa: E402
 
 SCHEMA = "nrp-bench/1"
-# --------------------------------------------------------------------------- purification
-def purifier_of(nf_nb_gc: tuple[int, int, int], device: torch.device, channels_last: bool) -> RRDBPurifier:
-    torch.manual_seed(0)
-    net = RRDBPurifier(*nf_nb_gc).to(device).eval()
-    return net.to(memory_format=torch.channels_last) if channels_last else net
-
-
-def purify_flops(model: tuple[int, int, int], batch: int, size: int) -> int:
-    """FLOPs of one purifier forward, counted on the meta device (shapes only, no compute)."""
-    with torch.device("meta"):
-        net = RRDBPurifier(*model)
-        x = torch.empty(batch, 3, size, size)
-    with torch.inference_mode():
-        return count_flops(lambda: net(x))
-
-
-def purify_throughput(model: tuple[int, int, int], batch: int, size: int, device: torch.device, reps: int,
-                      bf16: bool, channels_last: bool, peak_tflops) -> dict:
-    """Images per second of ``purify`` (inference mode) on ``batch`` random ``size`` px images."""
-    net = purifier_of(model, device, channels_last)
-    x = torch.rand(batch, 3, size, size, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-
-    def run():
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return purify(net, x)
-
-    r = time_fn(run, device, warmup=1, reps=reps, flops=False)
-    r["flops"] = purify_flops(model, batch, size)
-    r.update(img_per_s=batch / r["median_s"], batch=batch, size=size, model=dict(zip(("nf", "nb", "gc"), model)),
-             bf16=bf16, channels_last=channels_last, flops_per_img=r["flops"] // batch,
-             mfu=mfu(r["flops"], r["median_s"], peak_tflops))
-    return r
-
-
-def purify_photo(model: tuple[int, int, int], hw: tuple[int, int], tile: int, device: torch.device, bf16: bool) -> dict:
-    """Time (s) and peak memory (MiB) to purify one ``hw`` photo with ``nrp_lightning.tiling`` (overlapping
-    tiles with exact halos, blended), its memory budget set to what a ``tile`` px tile needs, after one
-    warm-up tile. A single run: at full size it is minutes on a CPU."""
-    from nrp_lightning.tiling import bytes_per_pixel, purify_tiled
-
-    net = purifier_of(model, device, channels_last=device.type == "cuda")
-    max_memory = tile * tile * bytes_per_pixel(net, next(net.parameters()).dtype)
-    image = torch.rand(1, 3, *hw, device=device)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        purify(net, image[..., :tile, :tile])
-        sync(device)
-        with MemoryProbe(device) as mem:
-            start = time.perf_counter()
-            purify_tiled(net, image, max_memory=max_memory)
-            sync(device)
-            seconds = time.perf_counter() - start
-    return {"seconds": seconds, "height": hw[0], "width": hw[1], "tile": tile, "bf16": bf16,
-            "model": dict(zip(("nf", "nb", "gc"), model)), "megapixels_per_s": hw[0] * hw[1] / 1e6 / seconds,
-            "tiling": f"nrp_lightning.tiling.purify_tiled, max_memory={max_memory / 2**20:.0f} MiB", **mem.result}
-
-
-def bench_step_breakdown(profile: Profile, device: torch.device, source, peak) -> dict:
-    """Parts in isolation and the whole step (Trainer) for the headline variant.
-
-    The parts run on their own copy of the module and their own batch. After warm-up, one call of
-    every part follows each timed Trainer step, so that parts and whole steps see the same machine
-    load (this CPU is shared); the ratio is the median whole step over the sum of part medians."""
-    name, variant = headline_variant(device)
-    cfg = step_config(profile.step, variant, profile.batch, profile.crop)
-    module = prepared_module(cfg, device)
-    torch.manual_seed(0)
-    x = torch.rand(profile.batch, 3, profile.crop, profile.crop, device=device)
-    parts = step_parts(module, x, variant, device)
-    flops = {}
-    for part, (fn, _) in parts.items():
-        log(f"warm up part {part}")
-        flops[part] = warm_up(fn, profile.warmup, flops=not variant.compile)
-    if variant.compile:  # count on an eager copy: the same math
-        eager = dataclasses.replace(variant, compile=False)
-        eager_parts = step_parts(prepared_module(step_config(profile.step, eager, profile.batch, profile.crop), device),
-                                 x, eager, device)
-        flops = {part: count_flops(fn) for part, (fn, _) in eager_parts.items()}
-        del eager_parts
-    samples: dict[str, list] = {part: [] for part in parts}
-    skip = profile.warmup + int(not variant.compile)
-
-    def time_parts(batch_idx: int) -> None:
-        if batch_idx >= skip:
-            for part, (fn, _) in parts.items():
-                samples[part].append(timed_call(fn, device))
-
-    log("whole step (Trainer), interleaved with the parts")
-    whole = trainer_step(cfg, variant, device, source, profile.warmup, profile.reps, between=time_parts)
-    if variant.compile:
-        whole["flops"] = eager_step_flops(profile.step, variant, profile.batch, profile.crop, device, source)
-    results = {part: {**summarize(samples[part]), "flops": flops[part], "summed": summed}
-               for part, (_, summed) in parts.items()}
-    del module, parts
-    summed = sum(p["median_s"] for p in results.values() if p["summed"])
-    whole["mfu"] = mfu(whole["flops"], whole["step_s"], peak)
-    whole["achieved_tflops"] = whole["flops"] / whole["step_s"] / 1e12 if isinstance(whole["flops"], int) else "na"
-    return {"variant": name, **dataclasses.asdict(variant), "batch": profile.batch, "crop": profile.crop,
-            "ssp_steps": cfg.attack.steps, "purifier": OmegaConf.to_container(cfg.model),
-            "critic": OmegaConf.to_container(cfg.critic), "backbone": OmegaConf.to_container(cfg.backbone),
-            "parts": results, "sum_of_parts_s": summed, "whole": whole,
-            "step_overhead_ratio": whole["step_s"] / summed,
-            "step_overhead_ratio_min": whole["min_step_s"] / sum(p["min_s"] for p in results.values() if p["summed"])}
-
-
-def bench_variants(profile: Profile, device: torch.device, source, peak) -> dict:
-    """Each fast path as a whole Trainer step; ``compile_s`` = first step minus the fastest step."""
-    out = {}
-    for name in profile.variants:
-        variant = VARIANTS[name]
-        log(f"variant {name}")
-        cfg = step_config(profile.step, variant, profile.batch, profile.crop)
-        r = trainer_step(cfg, variant, device, source, profile.warmup, profile.reps)
-        if variant.compile:
-            r["compile_s"] = r["first_step_s"] - r["min_step_s"]  # min: least disturbed by other load
-            r["flops"] = eager_step_flops(profile.step, variant, profile.batch, profile.crop, device, source)
-        else:
-            r["compile_s"] = 0.0
-        r["mfu"] = mfu(r["flops"], r["step_s"], peak)
-        out[name] = {**dataclasses.asdict(variant), **r}
-    return out
-
-
-def bench_scaling(profile: Profile, device: torch.device, source) -> list[dict]:
-    """Whole-step time and peak memory against batch size, crop size and SSP steps (one axis at a
-    time, the others at the profile's values)."""
-    _, variant = headline_variant(device)
-    rows = []
-    for axis, values in profile.scaling.items():
-        for value in values:
-            batch = value if axis == "batch" else profile.batch
-            crop = value if axis == "crop" else profile.crop
-            extra = (f"attack.steps={value}",) if axis == "ssp_steps" else ()
-            log(f"scaling {axis}={value}")
-            cfg = step_config(profile.step, variant, batch, crop, extra)
-            r = trainer_step(cfg, variant, device, source, warmup=1, reps=max(2, profile.reps // 2), flops=False)
-            rows.append({"axis": axis, "value": value, "batch": batch, "crop": crop, "ssp_steps": cfg.attack.steps,
-                         "step_s": r["step_s"], "img_per_s": batch / r["step_s"], "host_peak_mib": r["host_peak_mib"],
-                         "host_delta_mib": r["host_delta_mib"],
-                         "device_peak_mib": r["device_peak_mib"]})
-    return rows
-
-
-def bench_full_step(profile: Profile, device: torch.device, source, peak) -> dict:
-    """One full-size step (RRDB nf=64 nb=23, VGG critic, VGG16 relu3_3, T=10) at batch 1, 128 px,
-    with and without activation checkpointing."""
-    if profile.full_step is None:
-        return {"skipped": f"profile {profile.name} has no separate full-size step"}
-    out = {}
-    for name in ("fp32", "act_ckpt"):
-        variant = VARIANTS[name]
-        log(f"full-size step batch 1 ({name})")
-        cfg = step_config(profile.full_step, variant, 1, profile.full_step_crop)
-        r = trainer_step(cfg, variant, device, source, warmup=1, reps=2, flops=name == "fp32")
-        r["mfu"] = mfu(r["flops"], r["step_s"], peak)
-        out[name] = {"batch": 1, "crop": profile.full_step_crop, "ssp_steps": cfg.attack.steps, **r}
-    return out
 
 
 def run(device: torch.device, profile: Profile) -> dict:
@@ -251,106 +93,6 @@ def run(device: torch.device, profile: Profile) -> dict:
                           "step_s": result["step"]["whole"]["step_s"], "mfu": result["step"]["whole"]["mfu"],
                           "purify_224_img_per_s": result["purify_224"]["img_per_s"]}
     return result
-
-
-# --------------------------------------------------------------------------- reporting
-def _f(v, digits: int = 3) -> str:
-    """A number for the table: ``digits`` significant digits, or the string as is ('na')."""
-    if isinstance(v, str):
-        return v
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, int) and abs(v) < 10**6:
-        return str(v)
-    return f"{v:.{digits}g}"
-
-
-def _pct(v) -> str:
-    return v if isinstance(v, str) else f"{v:.0%}"
-
-
-def _flops(v) -> str:
-    return v if isinstance(v, str) else f"{v / 1e9:.3g}"
-
-
-def markdown(result: dict) -> str:
-    """The human-readable tables of ``result``."""
-    m, s, h, j = result["machine"], result["step"], result["headline"], result["loader_jpeg"]
-    lines = [f"# NRP benchmark ({result['profile']} profile)", "",
-             f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} "
-             f"({m['torch_threads']} threads), Lightning {m['lightning']}, device {m['device']}. "
-             f"Other processes used {_pct(m['other_processes_cpu_share'])} of the CPUs during the run. "
-             f"Measured bf16 matmul peak: {_f(result['peak_bf16_matmul_tflops'])} TFLOP/s.", "",
-             f"## Training step: {s['variant']} (bf16={_f(s['bf16'])}, channels_last={_f(s['channels_last'])}, "
-             f"compile={_f(s['compile'])}), batch {s['batch']}, {s['crop']} px, SSP T={s['ssp_steps']}, "
-             f"purifier nf={s['purifier']['nf']} nb={s['purifier']['nb']} gc={s['purifier']['gc']}, "
-             f"features {s['backbone']['_target_'].rsplit('.', 1)[-1]}[:{s['backbone'].get('layer', '?')}]", "",
-             "| part | summed | median s | share of step | GFLOP | host peak MiB | host +MiB | device peak MiB |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, p in s["parts"].items():
-        lines.append(f"| {name} | {'yes' if p['summed'] else 'no'} | {_f(p['median_s'])} | "
-                     f"{p['median_s'] / s['whole']['step_s']:.1%} | {_flops(p['flops'])} | {_f(p['host_peak_mib'], 5)} | "
-                     f"{_f(p['host_delta_mib'], 4)} | {_f(p['device_peak_mib'], 5)} |")
-    w = s["whole"]
-    lines += [f"| **sum of summed parts** | | {_f(s['sum_of_parts_s'])} | | | | | |",
-              f"| **whole training_step (Trainer)** | | {_f(w['step_s'])} | 100% | {_flops(w['flops'])} | "
-              f"{_f(w['host_peak_mib'], 5)} | {_f(w['host_delta_mib'], 4)} | {_f(w['device_peak_mib'], 5)} |", "",
-              f"Step overhead ratio (whole / sum of parts): **{s['step_overhead_ratio']:.3f}**. "
-              f"Achieved {_f(w['achieved_tflops'])} TFLOP/s, MFU {_f(w['mfu'])}. "
-              f"Gap between steps (loader + loop): {_f(w['between_steps_s'])} s = {w['loader_share']:.1%} of a step; "
-              f"the loader alone: {_f(result['loader']['batch_s'])} s/batch with {result['loader']['num_workers']} workers. "
-              f"Host-device syncs in one step: {_f(w['host_syncs_in_step'])}. "
-              f"COCO-style loading (JPEG decode, resize to {j['resize']}, crop {j['crop']}): {_f(j['batch_s'])} s per batch "
-              f"of {j['batch']} on one core" + (f", so {math.ceil(j['batch_s'] / w['step_s'])} loader worker(s) keep up "
-                                                 f"with this step" if s['batch'] == j['batch'] else "") + ".", "",
-              "## Fast paths (whole step through the Trainer)", "",
-              "| variant | step s | min s | speed-up vs fp32 (median / min) | compile s | loader share | GFLOP | MFU "
-              "| host peak MiB | host +MiB | device peak MiB |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    base = result["variants"].get("fp32")
-    for name, v in result["variants"].items():
-        speed = f"{base['step_s'] / v['step_s']:.2f}x / {base['min_step_s'] / v['min_step_s']:.2f}x" if base else "na"
-        lines.append(f"| {name} | {_f(v['step_s'])} | {_f(v['min_step_s'])} | {speed} | {_f(v['compile_s'])} | "
-                     f"{v['loader_share']:.1%} | "
-                     f"{_flops(v['flops'])} | {_f(v['mfu'])} | {_f(v['host_peak_mib'], 5)} | {_f(v['host_delta_mib'], 4)} | "
-                     f"{_f(v['device_peak_mib'], 5)} |")
-    lines += ["", "## How the step grows (one axis at a time)", "",
-              "| axis | batch | crop px | SSP T | step s | img/s | host peak MiB | host +MiB | device peak MiB |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for r in result["scaling"]:
-        lines.append(f"| {r['axis']} | {r['batch']} | {r['crop']} | {r['ssp_steps']} | {_f(r['step_s'])} | "
-                     f"{_f(r['img_per_s'])} | {_f(r['host_peak_mib'], 5)} | {_f(r['host_delta_mib'], 4)} | "
-                     f"{_f(r['device_peak_mib'], 5)} |")
-    fs = result["full_step"]
-    lines += ["", "## Full-size step (RRDB nf=64 nb=23 gc=32, VGG critic nf=64, VGG16 relu3_3)", ""]
-    if "skipped" in fs:
-        lines.append(f"Skipped: {fs['skipped']}.")
-    else:
-        lines += ["| setting | batch | crop px | SSP T | step s | min s | GFLOP | host peak MiB | host +MiB | device peak MiB |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for name, r in fs.items():
-            lines.append(f"| {name} | {r['batch']} | {r['crop']} | {r['ssp_steps']} | {_f(r['step_s'])} | "
-                         f"{_f(r['min_step_s'])} | {_flops(r['flops'])} | {_f(r['host_peak_mib'], 5)} | "
-                         f"{_f(r['host_delta_mib'], 4)} | {_f(r['device_peak_mib'], 5)} |")
-    p, ph = result["purify_224"], result["photo"]
-    lines += ["", "## Purification", "",
-              "| what | model nf/nb/gc | batch | bf16 | time s | throughput | GFLOP/img | MFU | host peak MiB | device peak MiB |",
-              "|---|---|---|---|---|---|---|---|---|---|",
-              f"| 224 px | {p['model']['nf']}/{p['model']['nb']}/{p['model']['gc']} | {p['batch']} | {_f(p['bf16'])} | "
-              f"{_f(p['median_s'])} | {_f(p['img_per_s'])} img/s | {_flops(p['flops_per_img'])} | {_f(p['mfu'])} | "
-              f"{_f(p['host_peak_mib'], 5)} | {_f(p['device_peak_mib'], 5)} |",
-              f"| {ph['width']}x{ph['height']} photo, tiles within {ph['tiling'].split('=')[-1]} | "
-              f"{ph['model']['nf']}/{ph['model']['nb']}/{ph['model']['gc']} | 1 | {_f(ph['bf16'])} | {_f(ph['seconds'])} | "
-              f"{_f(ph['megapixels_per_s'])} MP/s | | | {_f(ph['host_peak_mib'], 5)} | {_f(ph['device_peak_mib'], 5)} |", "",
-              f"Headline: {last_line(h)}"]
-    return "\n".join(lines) + "\n"
-
-
-def last_line(h: dict) -> str:
-    """The machine-readable summary line."""
-    mfu_s = h["mfu"] if isinstance(h["mfu"], str) else f"{h['mfu']:.3f}"
-    return (f"bench: device={h['device']} step_overhead_ratio={h['step_overhead_ratio']:.3f} "
-            f"step_s={h['step_s']:.4g} mfu={mfu_s} purify_224_img_per_s={h['purify_224_img_per_s']:.4g}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

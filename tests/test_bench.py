@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from nrp_bench.flops import measure_bf16_peak_tflops, mfu  # noqa: E402
+from nrp_bench.profiles import VARIANTS  # noqa: E402
 
 LAST_LINE = re.compile(r"^bench: device=(cpu|.+) step_overhead_ratio=\d+\.\d{3} step_s=[0-9.e+-]+ "
                        r"mfu=(na|\d\.\d{3}) purify_224_img_per_s=[0-9.e+-]+$")
@@ -64,11 +65,11 @@ def test_quick_benchmark_writes_its_json_table_and_last_line(bench, tmp_path, ca
     assert (tmp_path / "bench.md").read_text().rstrip().endswith(lines[-1])
 
 
-def test_variants_map_to_the_module_switches(bench):
-    fast = bench.VARIANTS["fast"]
-    assert fast.precision == "bf16-mixed" and bench.VARIANTS["fp32"].precision == "32-true"
+def test_variants_map_to_the_module_switches():
+    fast = VARIANTS["fast"]
+    assert fast.precision == "bf16-mixed" and VARIANTS["fp32"].precision == "32-true"
     assert "module.compile=True" in fast.overrides() and "module.channels_last=True" in fast.overrides()
-    assert "model.activation_checkpointing=True" in bench.VARIANTS["act_ckpt"].overrides()
+    assert "model.activation_checkpointing=True" in VARIANTS["act_ckpt"].overrides()
 
 
 def test_mfu_is_na_without_a_measured_peak():
