@@ -7,8 +7,6 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from nrp_bench.machine import sync
-
 
 class _GlobalOnly:
     """Stands in for FlopCounterMode's ModuleTracker, whose backward hooks make
@@ -49,13 +47,13 @@ def measure_bf16_peak_tflops(device: torch.device) -> float | str:
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     for _ in range(3):
         a @ b
-    sync(device)
+    torch.cuda.synchronize(device)
     reps, best = 20, float("inf")
     for _ in range(3):
         start = time.perf_counter()
         for _ in range(reps):
             a @ b
-        sync(device)
+        torch.cuda.synchronize(device)
         best = min(best, (time.perf_counter() - start) / reps)
     return 2 * n**3 / best / 1e12
 

@@ -1,5 +1,5 @@
-"""The machine under the benchmark: what it is, waiting for its device, how busy the rest of it is,
-and the progress log (stderr)."""
+"""The machine under the benchmark: what it is, how busy the rest of it is, and the progress log
+(stderr)."""
 from __future__ import annotations
 
 import contextlib
@@ -33,11 +33,6 @@ def machine_info(device: torch.device) -> dict:
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class CpuLoad:

@@ -14,9 +14,14 @@ from typing import Callable
 import torch
 
 from nrp_bench.flops import count_flops
-from nrp_bench.machine import sync
 
 MIB = 2**20
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a host clock reads the work's real end (CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def host_rss_mib() -> float:
@@ -61,14 +66,16 @@ class MemoryProbe:
         return self
 
     def __exit__(self, *exc) -> None:
-        peak = _host_peak_mib()
+        peak = host_peak_mib()
         self.result = {"host_peak_mib": round(peak, 1), "host_delta_mib": round(peak - self.start_rss, 1),
                        "host_peak_is_block_only": self.host_reset,
                        "device_peak_mib": (round(torch.cuda.max_memory_allocated(self.device) / MIB, 1)
                                            if self.device.type == "cuda" else "na")}
 
 
-def _host_peak_mib() -> float:
+def host_peak_mib() -> float:
+    """Peak resident set size of this process in MiB since start or since the last reset through
+    ``/proc/self/clear_refs`` (Linux VmHWM; elsewhere the process's peak, ``ru_maxrss``)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):

@@ -7,8 +7,7 @@ import time
 import torch
 
 from nrp_bench.flops import count_flops, mfu
-from nrp_bench.machine import sync
-from nrp_bench.probes import MemoryProbe, time_fn
+from nrp_bench.probes import MemoryProbe, sync, time_fn
 from nrp_lightning.models.purifier import RRDBPurifier, purify
 
 

@@ -14,8 +14,7 @@ import torch
 
 from nrp_bench.flops import StepFlopCounter
 from nrp_bench.loader import loader_settings, make_datamodule
-from nrp_bench.machine import sync
-from nrp_bench.probes import MemoryProbe, summarize
+from nrp_bench.probes import MemoryProbe, summarize, sync
 from nrp_bench.profiles import Variant, step_config
 from nrp_lightning.train import build_module
 
