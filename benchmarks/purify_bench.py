@@ -7,20 +7,20 @@
 
 Random weights (timing does not depend on them). ``photo`` upsamples scikit-image's ``chelsea`` photo to the
 requested size and purifies it with ``purify_images`` (tiling from the memory budget); peak memory is the
-process's peak RSS (``resource.getrusage``). ``plan`` prints the tile plan of a photo and, given a measured
-pixels/s, the time it implies, for runs too long to make here.
+process's peak RSS (``nrp_bench.probes.host_peak_mib``, the probe bench.py uses). ``plan`` prints the tile
+plan of a photo and, given a measured pixels/s, the time it implies, for runs too long to make here.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import time
 
 import numpy as np
 import torch
 from PIL import Image
 
+from nrp_bench.probes import host_peak_mib, sync
 from nrp_lightning.images import array_to_tensor
 from nrp_lightning.models.purifier import ResNetPurifier, RRDBPurifier
 from nrp_lightning.purify import purify_images
@@ -29,7 +29,8 @@ from nrp_lightning.tiling import (DEFAULT_RAMP, bytes_per_pixel, default_memory_
 
 
 def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+    """The process's peak RSS in GiB."""
+    return host_peak_mib() / 1024
 
 
 def build(arch: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
@@ -40,11 +41,11 @@ def build(arch: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
 def throughput(args, purifier) -> None:
     x = torch.rand(args.batch_size, 3, args.side, args.side, device=args.device, dtype=purifier.conv_first.weight.dtype)
     purify_images(purifier, x)  # warm-up
-    sync(args.device)
+    sync(torch.device(args.device))
     start = time.perf_counter()
     for _ in range(args.images // args.batch_size):
         purify_images(purifier, x)
-    sync(args.device)
+    sync(torch.device(args.device))
     seconds = time.perf_counter() - start
     n = args.images // args.batch_size * args.batch_size
     print(f"{args.arch} nf=64 nb=23 at {args.side}px, batch {args.batch_size}, {args.device}, {args.dtype}, "
@@ -80,16 +81,11 @@ def photo(args, purifier) -> None:
     rss_before = peak_rss_gib()
     start = time.perf_counter()
     out = purify_images(purifier, x.to(args.device), max_memory=budget)
-    sync(args.device)
+    sync(torch.device(args.device))
     seconds = time.perf_counter() - start
     print(f"{args.arch} nf=64 nb=23, {args.width}x{args.height} photo on {args.device}: {seconds:.1f} s, "
           f"peak RSS {peak_rss_gib():.2f} GiB (before: {rss_before:.2f} GiB), output {tuple(out.shape)} "
           f"in [{out.min():.3f}, {out.max():.3f}]")
-
-
-def sync(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:
