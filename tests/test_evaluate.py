@@ -6,9 +6,11 @@ from _tiny import smooth_images, tiny_classifier
 from nrp_lightning.attacks.adaptive import AdaptiveAttack
 from nrp_lightning.attacks.transfer import fgsm, mifgsm
 from nrp_lightning.defenses import BitDepth, GaussianBlur, RandomResizePad
+from nrp_lightning.config import compose
 from nrp_lightning.eval_data import EvalSet
-from nrp_lightning.config import CONF_DIR
-from nrp_lightning.evaluate import Grid, _experiment_shorthand, run_grid, write_reports
+from nrp_lightning.evaluation.cli import old_spelling
+from nrp_lightning.evaluation.grid import Grid, run_grid
+from nrp_lightning.evaluation.tables import write_reports
 
 torch.set_num_threads(2)
 
@@ -105,11 +107,16 @@ def test_labelled_data_scores_against_true_labels(tmp_path):
 
 @pytest.mark.parametrize("experiment", ["offline", "table1", "table3", "table5", "fig4", "fig5"])
 def test_every_experiment_preset_composes(experiment):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("eval", overrides=_experiment_shorthand([f"experiment={experiment}", "defenses=with_nrp"]))
+    cfg = compose([f"experiment={experiment}", "defenses=with_nrp"], config_name="eval")
     assert cfg.experiment_name == experiment
     assert cfg.attacks and cfg.victims and set(cfg.defended_victims) <= set(cfg.victims)
     if cfg.eps_sweep:
         assert cfg.sweep_attack in cfg.attacks
+
+
+def test_the_old_override_spelling_gets_a_one_line_hint_with_the_new_one():
+    assert old_spelling(["evaluation/defenses@defenses=with_nrp", "seed=1"]) == (
+        "nrp-eval: `evaluation/defenses@defenses=with_nrp` is the old spelling; the evaluation groups are "
+        "top-level now: `defenses=with_nrp`")
+    assert old_spelling(["evaluation/experiment=offline"]).endswith("`experiment=offline`")
+    assert old_spelling(["experiment=offline", "defenses=with_nrp"]) is None

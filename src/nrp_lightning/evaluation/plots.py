@@ -1,0 +1,75 @@
+"""Figures of a grid run: top-1 against the budget, a sample grid of clean / adversarial /
+defended images, and W&B logging of the results and both figures."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nrp_lightning.eval_data import from_uint8
+from nrp_lightning.evaluation.grid import CLEAN, NO_DEFENSE, Grid, SelfSupervised, adv_sets, transfer_key
+from nrp_lightning.evaluation.store import AdversarialCache
+
+
+def plot_accuracy_vs_eps(rows: list[dict], grid: Grid, path: Path) -> Path | None:
+    """Top-1 of each defended victim behind each defence against the sweep attack, per eps."""
+    if not grid.eps_sweep:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attack = grid.attacks[grid.sweep_attack]
+    source = attack.source_name if isinstance(attack, SelfSupervised) else grid.sweep_source
+    fig, axes = plt.subplots(1, len(grid.defended_victims), figsize=(5.5 * len(grid.defended_victims), 4), squeeze=False)
+    for ax, victim in zip(axes[0], grid.defended_victims):
+        for d_name in grid.defenses:
+            pts = {0.0: next(r["top1"] for r in rows if r["kind"] == CLEAN and r["defense"] == d_name and r["victim"] == victim)}
+            for r in rows:
+                if (r["kind"] in ("transfer", "sweep") and r["source"] == source and r["attack"] == grid.sweep_attack
+                        and r["defense"] == d_name and r["victim"] == victim and r["eps"] in grid.eps_sweep):
+                    pts[r["eps"]] = r["top1"]
+            xs = sorted(pts)
+            ax.plot(xs, [pts[e] for e in xs], marker="o", label=d_name)
+        ax.set(xlabel="eps (/255)", ylabel="top-1 (%)", title=f"{grid.sweep_attack} from {source} -> {victim}", ylim=(0, 101))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def sample_grid(grid: Grid, cache_dir: Path, path: Path, n: int = 6) -> Path:
+    """Image grid: row 1 clean, row 2 the first table attack's adversarials, then each defence
+    applied to them."""
+    from torchvision.utils import make_grid
+
+    from nrp_lightning.images import save_png
+
+    s_name, a_name, attack, _, _ = adv_sets(grid)[0]
+    x = grid.data.images[:n]
+    x_adv = from_uint8(AdversarialCache(cache_dir).get(transfer_key(grid, s_name, attack))[:n])
+    device = next((p.device for d in grid.defenses.values() for p in d.parameters()), torch.device("cpu"))
+    rows = [x, x_adv]
+    torch.manual_seed(grid.seed)
+    with torch.no_grad():
+        for d_name, defense in grid.defenses.items():
+            if d_name != NO_DEFENSE:
+                rows.append(defense(x_adv.to(device)).cpu())
+    return save_png(make_grid(torch.cat(rows), nrow=len(x), padding=2, pad_value=1.0), path)
+
+
+def log_to_wandb(rows: list[dict], out_dir: Path, **init_kwargs: Any) -> None:
+    """Results as a W&B table and the plot and sample grid as images (``WANDB_MODE=offline`` works)."""
+    import wandb
+
+    run = wandb.init(dir=str(out_dir), **init_kwargs)
+    columns = ["kind", "source", "attack", "eps", "defense", "victim", "n", "top1", "top5", "success_rate"]
+    run.log({"results": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])})
+    for name in ("accuracy_vs_eps.png", "samples.png"):
+        if (out_dir / name).is_file():
+            run.log({name.removesuffix(".png"): wandb.Image(str(out_dir / name))})
+    run.finish()
