@@ -120,3 +120,27 @@ def test_the_old_override_spelling_gets_a_one_line_hint_with_the_new_one():
         "top-level now: `defenses=with_nrp`")
     assert old_spelling(["evaluation/experiment=offline"]).endswith("`experiment=offline`")
     assert old_spelling(["experiment=offline", "defenses=with_nrp"]) is None
+
+
+def test_image_folder_takes_several_crops_per_photo_like_the_embedded_set(tmp_path):
+    from hydra.utils import instantiate
+
+    from nrp_lightning.eval_data import embedded, image_folder
+    from nrp_lightning.images import save_png
+
+    for i, x in enumerate(smooth_images(2, size=48)):
+        save_png(x, tmp_path / f"photo{i}.png")
+    cfg = compose(["experiment=offline", "data=image_folder", f"data.root={tmp_path}", "data.size=32"], config_name="eval")
+    data = instantiate(cfg.data)  # offline.yaml sets data.crops: the folder source takes it too
+    assert data.names == ["photo0.png#0", "photo1.png#0"] and not data.labelled
+    three = image_folder(str(tmp_path), size=32, crops=3)
+    assert three.images.shape == (6, 3, 32, 32) and three.names[:3] == ["photo0.png#0", "photo0.png#1", "photo0.png#2"]
+    assert torch.equal(three.images[::3], data.images)  # crop 0 is the centre square
+    assert not torch.equal(three.images[1], three.images[2])  # the corners differ
+    assert embedded(size=32, crops=2, names=["astronaut"]).names == ["astronaut#0", "astronaut#1"]
+    with pytest.raises(ValueError, match="crops must be in 1..5"):
+        image_folder(str(tmp_path), size=32, crops=6)
+    for label, x in zip((3, 7), smooth_images(2, size=48, seed=1)):
+        save_png(x, tmp_path / "classes" / str(label) / "a.png")
+    labelled = image_folder(str(tmp_path / "classes"), size=32, crops=2)
+    assert labelled.labels.tolist() == [3, 3, 7, 7] and labelled.names == ["3/a.png#0", "3/a.png#1", "7/a.png#0", "7/a.png#1"]
