@@ -144,3 +144,12 @@ def test_image_folder_takes_several_crops_per_photo_like_the_embedded_set(tmp_pa
         save_png(x, tmp_path / "classes" / str(label) / "a.png")
     labelled = image_folder(str(tmp_path / "classes"), size=32, crops=2)
     assert labelled.labels.tolist() == [3, 3, 7, 7] and labelled.names == ["3/a.png#0", "3/a.png#1", "7/a.png#0", "7/a.png#1"]
+
+
+def test_r_and_p_is_addressable_as_rp_and_still_labelled_r_and_p():
+    from nrp_lightning.evaluation.cli import defenses_from_config
+
+    defenses = defenses_from_config(compose(["experiment=offline", "defenses.JPEG=null"], config_name="eval").defenses)
+    assert list(defenses) == ["TVM", "Median", "R&P", "BitDepth", "Blur"]  # tables and figures say R&P
+    dropped = defenses_from_config(compose(["experiment=offline", "~defenses.RP"], config_name="eval").defenses)
+    assert "R&P" not in dropped and "TVM" in dropped

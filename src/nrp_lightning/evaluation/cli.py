@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from nrp_lightning.config import conf_dir, register_resolvers
+from nrp_lightning.defenses.base import Defense
 from nrp_lightning.evaluation.grid import Grid, run_grid
 from nrp_lightning.evaluation.plots import log_to_wandb
 from nrp_lightning.evaluation.tables import write_reports
@@ -35,19 +37,34 @@ USAGE = ("Usage: nrp-eval experiment={offline,table1,table3,table5,fig4,fig5} [k
          "(detection / segmentation, Tables 2 and 4; `nrp-eval tasks --help`)")
 
 
-def grid_from_config(cfg) -> Grid:
+def defenses_from_config(node: DictConfig | None) -> dict[str, Defense]:
+    """The defences of ``cfg.defenses`` by table label: a defence's ``label`` where its key cannot be
+    one (``RP`` shows as ``R&P``: ``~defenses.R&P`` would be a Hydra lexer error), else its key.
+    Entries set to null (``defenses.JPEG=null``) are left out."""
+    from hydra.utils import instantiate
+
+    defenses = {}
+    for key, spec in (node or {}).items():
+        if spec is not None:
+            spec = OmegaConf.to_container(spec, resolve=True, throw_on_missing=True)
+            label = spec.pop("label", key)
+            defenses[label] = instantiate(spec, _convert_="all")
+    return defenses
+
+
+def grid_from_config(cfg: DictConfig) -> Grid:
     """Instantiate ``Grid`` from the composed ``conf/evaluation/eval.yaml``."""
     from hydra.utils import instantiate
 
-    built = {k: instantiate(cfg[k], _convert_="all") for k in ("data", "sources", "attacks", "defenses", "victims", "adaptive")}
+    built = {k: instantiate(cfg[k], _convert_="all") for k in ("data", "sources", "attacks", "victims", "adaptive")}
     return Grid(data=built["data"], sources=dict(built["sources"] or {}), attacks=dict(built["attacks"]),
-                defenses={k: v for k, v in (built["defenses"] or {}).items() if v is not None},
-                victims=dict(built["victims"]), defended_victims=list(cfg.defended_victims) if cfg.defended_victims else None,
+                defenses=defenses_from_config(cfg.defenses), victims=dict(built["victims"]),
+                defended_victims=list(cfg.defended_victims) if cfg.defended_victims else None,
                 adaptive=dict(built["adaptive"] or {}), eps_sweep=list(cfg.eps_sweep or []),
                 sweep_attack=cfg.sweep_attack, sweep_source=cfg.sweep_source, batch_size=cfg.batch_size, seed=cfg.seed)
 
 
-def evaluate(cfg, out_dir: str | os.PathLike) -> Path:
+def evaluate(cfg: DictConfig, out_dir: str | os.PathLike) -> Path:
     """Build the grid of ``cfg``, run it, write the reports; returns the report path."""
     start = time.time()
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
