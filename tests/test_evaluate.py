@@ -1,6 +1,8 @@
 """The grid runner: a small grid end to end, resume after a crash without recomputing, configs."""
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from _tiny import smooth_images, tiny_classifier
 
 from nrp_lightning.attacks.adaptive import AdaptiveAttack
@@ -10,6 +12,7 @@ from nrp_lightning.config import compose
 from nrp_lightning.eval_data import EvalSet
 from nrp_lightning.evaluation.cli import old_spelling
 from nrp_lightning.evaluation.grid import Grid, run_grid
+from nrp_lightning.evaluation.plots import labelled_grid
 from nrp_lightning.evaluation.tables import write_reports
 
 torch.set_num_threads(2)
@@ -44,6 +47,9 @@ def test_small_grid_end_to_end(tmp_path):
     white_box = [r for r in rows if r["kind"] == "transfer" and r["victim"] == "src" and r["defense"] == "none"]
     assert all(r["success_rate"] > 0 for r in white_box)
     assert all(0 <= r["top1"] <= r["top5"] <= 100 for r in rows)
+    labels = ["clean", "FGSM from src", "Bits", "Blur", "R&P"]  # rows: clean, first attack, each defence
+    expected = labelled_grid({k: torch.zeros(6, 3, 32, 32) for k in labels}, grid.data.names)
+    assert Image.open(tmp_path / "out" / "samples.png").size == expected.size
 
 
 def test_report_says_in_bold_when_no_adaptive_attack_was_run(tmp_path):
@@ -153,3 +159,24 @@ def test_r_and_p_is_addressable_as_rp_and_still_labelled_r_and_p():
     assert list(defenses) == ["TVM", "Median", "R&P", "BitDepth", "Blur"]  # tables and figures say R&P
     dropped = defenses_from_config(compose(["experiment=offline", "~defenses.RP"], config_name="eval").defenses)
     assert "R&P" not in dropped and "TVM" in dropped
+
+
+def test_labelled_grid_has_a_row_per_label_and_the_images_untouched():
+    x = smooth_images(4, size=32)
+    rows = {"clean": x, "MI-FGSM from mobilenet_v2": x.flip(-1), "R&P": 1 - x}
+    names = ["a_long_photo_name.png#0", "b#0", "c#0", "d#0"]
+    img = np.asarray(labelled_grid(rows, names))
+    fewer = labelled_grid({"clean": x, "MI-FGSM from mobilenet_v2": x}, names)
+    side, pad = 32, 2
+    assert img.shape[0] - fewer.height == side + pad and img.shape[1] == fewer.width  # one more row
+    label_w = img.shape[1] - 4 * (side + pad) - pad
+    header = img.shape[0] - 3 * (side + pad) - pad
+    assert label_w > 0 and 0 < header < side
+    for i, images in enumerate(rows.values()):
+        top = header + pad + i * (side + pad)
+        assert (img[top:top + side, :label_w] < 128).any()  # the row's label is drawn
+        for j in range(4):
+            left = label_w + pad + j * (side + pad)
+            tile = img[top:top + side, left:left + side]
+            assert np.array_equal(tile, (images[j].permute(1, 2, 0) * 255).round().byte().numpy())
+    assert (img[:header, label_w:] < 128).any()  # column names on top
