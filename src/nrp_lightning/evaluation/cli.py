@@ -8,7 +8,9 @@ it, write the reports.
 (``defenses=with_nrp``), apart from the training presets in ``conf/``.
 
 Outputs in the run folder: ``results.jsonl`` (every scored cell, resumable), ``results.csv``,
-``report.md`` (tables laid out like Table 1, Table 5 and Table 3, plus the adaptive-attack table),
+``report.md`` (tables laid out like Table 1, Table 5 and Table 3, the adaptive-attack table, the
+clean-image cost of each defence and each defended victim's confident subset, every rate with its
+95% Wilson interval),
 ``accuracy_vs_eps.png``, ``samples.png`` (clean / adversarial / defended), and W&B tables and
 images when a logger is on.
 """
@@ -61,7 +63,8 @@ def grid_from_config(cfg: DictConfig) -> Grid:
                 defenses=defenses_from_config(cfg.defenses), victims=dict(built["victims"]),
                 defended_victims=list(cfg.defended_victims) if cfg.defended_victims else None,
                 adaptive=dict(built["adaptive"] or {}), eps_sweep=list(cfg.eps_sweep or []),
-                sweep_attack=cfg.sweep_attack, sweep_source=cfg.sweep_source, batch_size=cfg.batch_size, seed=cfg.seed)
+                sweep_attack=cfg.sweep_attack, sweep_source=cfg.sweep_source, batch_size=cfg.batch_size, seed=cfg.seed,
+                confident_threshold=cfg.confident_threshold)
 
 
 def evaluate(cfg: DictConfig, out_dir: str | os.PathLike) -> Path:

@@ -7,7 +7,11 @@ attack, defence or victim computes only what is new.
 
 Metrics, for a victim behind a defence: top-1 and top-5 accuracy against the true labels, or,
 for unlabelled data, against the undefended victim's clean top-1 prediction; attack success rate
-(Table 1, lower is better for the defence) = 100 - top-1.
+(Table 1, lower is better for the defence) = 100 - top-1. Both sides of a defence are measured:
+on clean images, the share of the victim's clean top-1 predictions it changes and, once per
+defence, PSNR(D(x), x); every scored row also holds top-1 on the victim's *confident subset*,
+the images whose clean top-1 softmax probability is at least ``confident_threshold`` (abstract
+or near-constant crops flip under any change; DESIGN.md section 4).
 """
 from __future__ import annotations
 
@@ -26,10 +30,16 @@ from nrp_lightning.attacks.ssp import SSP
 from nrp_lightning.attacks.transfer import untargeted_labels
 from nrp_lightning.defenses.base import Defense, NoDefense
 from nrp_lightning.eval_data import EvalSet, from_uint8, to_uint8
+from nrp_lightning.evaluation.metrics import percent, psnr_per_image, score
 from nrp_lightning.evaluation.store import AdversarialCache, ResultStore, cache_key
 
 NO_DEFENSE = "none"
 CLEAN = "clean"
+FIDELITY = "fidelity"  # row kind: PSNR of a defence's output on the clean images
+CONFIDENT_THRESHOLD = 0.3  # clean top-1 probability of the confident subset (JPEG q75 flips <10% there)
+ROW_FIELDS = ["kind", "source", "attack", "eps", "defense", "victim", "n", "reference", "top1", "top5", "success_rate",
+              "changed", "confident_threshold", "n_confident", "top1_confident", "changed_confident", "psnr_mean",
+              "psnr_min", "key"]  # every field a row of results.jsonl may have (rows of older runs lack some)
 
 
 @dataclass
@@ -70,6 +80,8 @@ class Grid:
             adaptively; default: the last victim.
         adaptive: attacks run through each defence onto each defended victim (BPDA / EOT).
         eps_sweep: budgets (/255) for the accuracy-vs-eps plot, of ``sweep_attack`` on ``sweep_source``.
+        confident_threshold: a victim's confident subset is the images whose clean top-1 softmax
+            probability is at least this.
     """
 
     data: EvalSet
@@ -84,8 +96,11 @@ class Grid:
     sweep_source: str | None = None
     batch_size: int = 16
     seed: int = 0
+    confident_threshold: float = CONFIDENT_THRESHOLD
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.confident_threshold <= 1.0:
+            raise ValueError(f"confident_threshold is a probability in [0, 1], got {self.confident_threshold}")
         if NO_DEFENSE not in self.defenses:
             self.defenses = {NO_DEFENSE: NoDefense(), **self.defenses}
         if self.defended_victims is None:
@@ -126,22 +141,23 @@ def transfer_key(grid: Grid, source: str, attack: Any) -> str:
 
 
 @torch.no_grad()
-def predict_top5(victim: nn.Module, defense: Defense, x_uint8: torch.Tensor, batch_size: int,
-                 device: torch.device) -> torch.Tensor:
-    """Top-5 classes ``(N, 5)`` of ``victim(defense(x))`` for uint8 images ``(N,3,S,S)``."""
-    out = []
+def predict(victim: nn.Module, defense: Defense, x_uint8: torch.Tensor, batch_size: int,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-5 classes ``(N, 5)`` of ``victim(defense(x))`` for uint8 images ``(N,3,S,S)``, and the
+    softmax probability ``(N,)`` of the top-1 class."""
+    top5, top1_prob = [], []
     for i in range(0, len(x_uint8), batch_size):
-        x = from_uint8(x_uint8[i:i + batch_size]).to(device)
-        out.append(victim(defense(x)).topk(5, dim=1).indices.cpu())
-    return torch.cat(out)
+        logits = victim(defense(from_uint8(x_uint8[i:i + batch_size]).to(device)))
+        top5.append(logits.topk(5, dim=1).indices.cpu())
+        top1_prob.append(logits.softmax(1).amax(1).cpu())
+    return torch.cat(top5), torch.cat(top1_prob)
 
 
-def score(top5: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """top-1 / top-5 accuracy (%) of predictions ``(N,5)`` against ``reference (N,)``, and the
-    attack success rate (%) = 100 - top-1."""
-    top1 = 100.0 * (top5[:, 0] == reference).float().mean().item()
-    top5_acc = 100.0 * (top5 == reference[:, None]).any(1).float().mean().item()
-    return {"top1": round(top1, 2), "top5": round(top5_acc, 2), "success_rate": round(100.0 - top1, 2)}
+@torch.no_grad()
+def defend(defense: Defense, x_uint8: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """``defense(x)`` ``(N,3,S,S)`` in [0,1] on the CPU, for uint8 images ``(N,3,S,S)``."""
+    return torch.cat([defense(from_uint8(x_uint8[i:i + batch_size]).to(device)).clamp(0, 1).cpu()
+                      for i in range(0, len(x_uint8), batch_size)])
 
 
 def craft(attack: Callable, model: nn.Module | None, x_uint8: torch.Tensor, labels: torch.Tensor,
@@ -174,9 +190,10 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLik
             attack.features.to(device)
 
     # Reference labels of each victim: the true labels, or its own clean prediction.
-    clean_top5 = {v: predict_top5(m, grid.defenses[NO_DEFENSE], x_clean, grid.batch_size, device)
-                  for v, m in grid.victims.items()}
-    reference = {v: (data.labels if data.labelled else t5[:, 0]) for v, t5 in clean_top5.items()}
+    clean = {v: predict(m, grid.defenses[NO_DEFENSE], x_clean, grid.batch_size, device) for v, m in grid.victims.items()}
+    clean_top1 = {v: top5[:, 0] for v, (top5, _) in clean.items()}
+    reference = {v: (data.labels if data.labelled else clean_top1[v]) for v in grid.victims}
+    confident = {v: prob >= grid.confident_threshold for v, (_, prob) in clean.items()}
     label_kind = "true label" if data.labelled else "clean prediction"
 
     def defenses_for(victim: str) -> list[str]:
@@ -184,17 +201,41 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLik
 
     sets = adv_sets(grid)
     adaptive_jobs = [(a, d, v) for a in grid.adaptive for d in grid.defenses for v in grid.defended_victims]
+    fidelity_jobs = [d for d in grid.defenses if d != NO_DEFENSE] if grid.defended_victims else []
     n_cells = (sum(len(defenses_for(v)) for v in grid.victims) * (1 + len(sets)))
-    bar = tqdm(total=len(sets) + n_cells + len(adaptive_jobs), desc="eval grid", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=len(fidelity_jobs) + len(sets) + n_cells + len(adaptive_jobs), desc="eval grid",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+
+    def confident_scores(top5: torch.Tensor, victim: str, kind: str) -> dict:
+        """The confident-subset fields of a row; clean rows also get the share of changed predictions."""
+        mask = confident[victim]
+        fields = {"confident_threshold": grid.confident_threshold, "n_confident": int(mask.sum()),
+                  "top1_confident": percent(top5[mask, 0] == reference[victim][mask])}
+        if kind == CLEAN:
+            changed = top5[:, 0] != clean_top1[victim]
+            fields.update(changed=percent(changed), changed_confident=percent(changed[mask]))
+        return fields
 
     def score_cell(adv_key: str, x_adv: torch.Tensor, meta: dict, victim: str, d_name: str) -> None:
         key = cache_key(adv_key, d_name, repr(grid.defenses[d_name]), victim, grid.seed)
-        if key not in store:
+        row = store.rows.get(key)
+        if row is None or row.get("confident_threshold") != grid.confident_threshold:  # rows of older runs too
             torch.manual_seed(int(key[:8], 16))  # randomised defences: reproducible draws per cell
-            top5 = predict_top5(grid.victims[victim], grid.defenses[d_name], x_adv, grid.batch_size, device)
-            store.add({"key": key, **meta, "defense": d_name, "victim": victim, "n": len(x_adv),
-                       "reference": label_kind, **score(top5, reference[victim])})
+            top5, _ = predict(grid.victims[victim], grid.defenses[d_name], x_adv, grid.batch_size, device)
+            store.add({"key": key, **meta, "defense": d_name, "victim": victim, "n": len(x_adv), "reference": label_kind,
+                       **score(top5, reference[victim]), **confident_scores(top5, victim, meta["kind"])})
+        bar.update(1)
+
+    # Fidelity: PSNR(D(x), x) on the clean images, once per defence (seeded as the cells are).
+    for d_name in fidelity_jobs:
+        defense = grid.defenses[d_name]
+        key = cache_key(FIDELITY, fingerprint, d_name, repr(defense), grid.seed)
+        if key not in store:
+            torch.manual_seed(int(key[:8], 16))
+            db = psnr_per_image(defend(defense, x_clean, grid.batch_size, device), from_uint8(x_clean))
+            store.add({"key": key, "kind": FIDELITY, "source": "-", "attack": CLEAN, "eps": 0.0, "defense": d_name,
+                       "victim": "-", "n": len(x_clean), "psnr_mean": round(db.mean().item(), 2),
+                       "psnr_min": round(db.min().item(), 2)})
         bar.update(1)
 
     # Clean accuracy of every victim (behind every defence where it is defended).

@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from nrp_lightning.eval_data import from_uint8
-from nrp_lightning.evaluation.grid import CLEAN, NO_DEFENSE, Grid, SelfSupervised, adv_sets, transfer_key
+from nrp_lightning.evaluation.grid import CLEAN, NO_DEFENSE, ROW_FIELDS, Grid, SelfSupervised, adv_sets, transfer_key
 from nrp_lightning.evaluation.store import AdversarialCache
 from nrp_lightning.images import atomic_write
 from nrp_lightning.images import to_uint8 as to_hwc_uint8
@@ -94,8 +94,7 @@ def log_to_wandb(rows: list[dict], out_dir: Path, **init_kwargs: Any) -> None:
     import wandb
 
     run = wandb.init(dir=str(out_dir), **init_kwargs)
-    columns = ["kind", "source", "attack", "eps", "defense", "victim", "n", "top1", "top5", "success_rate"]
-    run.log({"results": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])})
+    run.log({"results": wandb.Table(columns=ROW_FIELDS, data=[[r.get(c) for c in ROW_FIELDS] for r in rows])})
     for name in ("accuracy_vs_eps.png", "samples.png"):
         if (out_dir / name).is_file():
             run.log({name.removesuffix(".png"): wandb.Image(str(out_dir / name))})
