@@ -1,14 +1,22 @@
 """The grid runner: a small grid end to end, resume after a crash without recomputing, configs."""
+import json
+import re
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from _tiny import smooth_images, tiny_classifier
 
 from nrp_lightning.attacks.adaptive import AdaptiveAttack
 from nrp_lightning.attacks.transfer import fgsm, mifgsm
 from nrp_lightning.defenses import BitDepth, GaussianBlur, RandomResizePad
+from nrp_lightning.config import compose
 from nrp_lightning.eval_data import EvalSet
-from nrp_lightning.config import CONF_DIR
-from nrp_lightning.evaluate import Grid, _experiment_shorthand, run_grid, write_reports
+from nrp_lightning.evaluation.cli import old_spelling
+from nrp_lightning.evaluation.grid import Grid, run_grid
+from nrp_lightning.evaluation.plots import labelled_grid
+from nrp_lightning.evaluation.tables import write_reports
 
 torch.set_num_threads(2)
 
@@ -36,12 +44,18 @@ def test_small_grid_end_to_end(tmp_path):
     assert "Table 1 layout" in text and "Table 5 layout" in text and "Adaptive attacks" in text
     assert "No adaptive attack" not in text  # every defence met BPDA
     kinds = {r["kind"] for r in rows}
-    assert kinds == {"clean", "transfer", "sweep", "adaptive"}
+    assert kinds == {"clean", "transfer", "sweep", "adaptive", "fidelity"}
     clean = [r for r in rows if r["kind"] == "clean" and r["defense"] == "none"]
-    assert all(r["top1"] == 100.0 for r in clean)  # unlabelled: scored against the clean prediction
+    assert all(r["top1"] == 100.0 and r["changed"] == 0.0 for r in clean)  # unlabelled: against the clean prediction
     white_box = [r for r in rows if r["kind"] == "transfer" and r["victim"] == "src" and r["defense"] == "none"]
     assert all(r["success_rate"] > 0 for r in white_box)
-    assert all(0 <= r["top1"] <= r["top5"] <= 100 for r in rows)
+    scored = [r for r in rows if r["kind"] != "fidelity"]
+    assert all(0 <= r["top1"] <= r["top5"] <= 100 and 0 <= r["n_confident"] <= r["n"] for r in scored)
+    assert "Clean images behind each defence" in text and "Confident subset of vic" in text
+    assert re.search(r"\| none \| - \| - \| 0\.0 \[0\.0, 39\.0\] \|", text)  # 0 of 6 changed: Wilson [0, 39.0]
+    labels = ["clean", "FGSM from src", "Bits", "Blur", "R&P"]  # rows: clean, first attack, each defence
+    expected = labelled_grid({k: torch.zeros(6, 3, 32, 32) for k in labels}, grid.data.names)
+    assert Image.open(tmp_path / "out" / "samples.png").size == expected.size
 
 
 def test_report_says_in_bold_when_no_adaptive_attack_was_run(tmp_path):
@@ -90,7 +104,7 @@ def test_grid_resumes_after_a_crash_without_recomputing_cached_adversarials(tmp_
     rows = run_grid(grid, tmp_path / "out", tmp_path / "cache", progress=False)
     assert counter["calls"] == 4  # MI-FGSM and the eps-4 sweep set only; FGSM came from the cache
     fresh = run_grid(_grid(attacks(crash_on=None)), tmp_path / "fresh", tmp_path / "fresh_cache", progress=False)
-    key = lambda rs: sorted((r["key"], r["top1"], r["top5"]) for r in rs)  # noqa: E731
+    key = lambda rs: sorted((r["key"], r.get("top1"), r.get("top5"), r.get("psnr_mean")) for r in rs)  # noqa: E731
     assert key(rows) == key(fresh)  # resumed == uninterrupted, cell for cell
 
     counter["calls"] = 0
@@ -100,16 +114,147 @@ def test_grid_resumes_after_a_crash_without_recomputing_cached_adversarials(tmp_
 
 def test_labelled_data_scores_against_true_labels(tmp_path):
     rows = run_grid(_grid(labelled=True), tmp_path / "out", tmp_path / "cache", progress=False)
-    assert {r["reference"] for r in rows} == {"true label"}
+    assert {r["reference"] for r in rows if r["kind"] != "fidelity"} == {"true label"}
+    clean = [r for r in rows if r["kind"] == "clean" and r["defense"] == "none"]
+    assert all(r["changed"] == 0.0 for r in clean)  # changes are counted against the clean prediction, not the label
 
 
 @pytest.mark.parametrize("experiment", ["offline", "table1", "table3", "table5", "fig4", "fig5"])
 def test_every_experiment_preset_composes(experiment):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("eval", overrides=_experiment_shorthand([f"experiment={experiment}", "defenses=with_nrp"]))
+    cfg = compose([f"experiment={experiment}", "defenses=with_nrp"], config_name="eval")
     assert cfg.experiment_name == experiment
     assert cfg.attacks and cfg.victims and set(cfg.defended_victims) <= set(cfg.victims)
     if cfg.eps_sweep:
         assert cfg.sweep_attack in cfg.attacks
+
+
+def test_the_old_override_spelling_gets_a_one_line_hint_with_the_new_one():
+    assert old_spelling(["evaluation/defenses@defenses=with_nrp", "seed=1"]) == (
+        "nrp-eval: `evaluation/defenses@defenses=with_nrp` is the old spelling; the evaluation groups are "
+        "top-level now: `defenses=with_nrp`")
+    assert old_spelling(["evaluation/experiment=offline"]).endswith("`experiment=offline`")
+    assert old_spelling(["experiment=offline", "defenses=with_nrp"]) is None
+
+
+def test_image_folder_takes_several_crops_per_photo_like_the_embedded_set(tmp_path):
+    from hydra.utils import instantiate
+
+    from nrp_lightning.eval_data import embedded, image_folder
+    from nrp_lightning.images import save_png
+
+    for i, x in enumerate(smooth_images(2, size=48)):
+        save_png(x, tmp_path / f"photo{i}.png")
+    cfg = compose(["experiment=offline", "data=image_folder", f"data.root={tmp_path}", "data.size=32"], config_name="eval")
+    data = instantiate(cfg.data)  # offline.yaml sets data.crops: the folder source takes it too
+    assert data.names == ["photo0.png#0", "photo1.png#0"] and not data.labelled
+    three = image_folder(str(tmp_path), size=32, crops=3)
+    assert three.images.shape == (6, 3, 32, 32) and three.names[:3] == ["photo0.png#0", "photo0.png#1", "photo0.png#2"]
+    assert torch.equal(three.images[::3], data.images)  # crop 0 is the centre square
+    assert not torch.equal(three.images[1], three.images[2])  # the corners differ
+    assert embedded(size=32, crops=2, names=["astronaut"]).names == ["astronaut#0", "astronaut#1"]
+    with pytest.raises(ValueError, match="crops must be in 1..5"):
+        image_folder(str(tmp_path), size=32, crops=6)
+    for label, x in zip((3, 7), smooth_images(2, size=48, seed=1)):
+        save_png(x, tmp_path / "classes" / str(label) / "a.png")
+    labelled = image_folder(str(tmp_path / "classes"), size=32, crops=2)
+    assert labelled.labels.tolist() == [3, 3, 7, 7] and labelled.names == ["3/a.png#0", "3/a.png#1", "7/a.png#0", "7/a.png#1"]
+
+
+def test_r_and_p_is_addressable_as_rp_and_still_labelled_r_and_p():
+    from nrp_lightning.evaluation.cli import defenses_from_config
+
+    defenses = defenses_from_config(compose(["experiment=offline", "defenses.JPEG=null"], config_name="eval").defenses)
+    assert list(defenses) == ["TVM", "Median", "R&P", "BitDepth", "Blur"]  # tables and figures say R&P
+    dropped = defenses_from_config(compose(["experiment=offline", "~defenses.RP"], config_name="eval").defenses)
+    assert "R&P" not in dropped and "TVM" in dropped
+
+
+def test_labelled_grid_has_a_row_per_label_and_the_images_untouched():
+    x = smooth_images(4, size=32)
+    rows = {"clean": x, "MI-FGSM from mobilenet_v2": x.flip(-1), "R&P": 1 - x}
+    names = ["a_long_photo_name.png#0", "b#0", "c#0", "d#0"]
+    img = np.asarray(labelled_grid(rows, names))
+    fewer = labelled_grid({"clean": x, "MI-FGSM from mobilenet_v2": x}, names)
+    side, pad = 32, 2
+    assert img.shape[0] - fewer.height == side + pad and img.shape[1] == fewer.width  # one more row
+    label_w = img.shape[1] - 4 * (side + pad) - pad
+    header = img.shape[0] - 3 * (side + pad) - pad
+    assert label_w > 0 and 0 < header < side
+    for i, images in enumerate(rows.values()):
+        top = header + pad + i * (side + pad)
+        assert (img[top:top + side, :label_w] < 128).any()  # the row's label is drawn
+        for j in range(4):
+            left = label_w + pad + j * (side + pad)
+            tile = img[top:top + side, left:left + side]
+            assert np.array_equal(tile, (images[j].permute(1, 2, 0) * 255).round().byte().numpy())
+    assert (img[:header, label_w:] < 128).any()  # column names on top
+
+
+@pytest.mark.parametrize("k, n, low, high", [(0, 10, 0.0, 0.2775), (1, 10, 0.0179, 0.4042), (5, 10, 0.2366, 0.7634),
+                                             (10, 10, 0.7225, 1.0), (72, 100, 0.6251, 0.7986)])
+def test_wilson_interval_matches_published_values(k, n, low, high):
+    from nrp_lightning.evaluation.metrics import wilson_interval
+
+    assert wilson_interval(k, n) == pytest.approx((low, high), abs=1e-4)
+
+
+def test_rate_cells_carry_their_interval_and_a_dash_where_a_field_is_missing():
+    from nrp_lightning.evaluation.tables import rate_cell
+
+    assert rate_cell({"success_rate": 72.0, "n": 100}, "success_rate") == "72.0 [62.5, 79.9]"
+    assert rate_cell({"top1_confident": 80.0, "n_confident": 10, "n": 30}, "success_confident") == "20.0 [5.7, 51.0]"
+    assert rate_cell({"top1": 50.0, "n": 4}, "top1_confident") == "-"  # a row from before the confident subset
+    assert rate_cell(None, "top1") == "-"
+
+
+def test_fidelity_and_confident_subset_are_measured_per_defence_and_victim(tmp_path):
+    from nrp_lightning.defenses import NoDefense
+    from nrp_lightning.evaluation.grid import predict
+    from nrp_lightning.evaluation.metrics import psnr_per_image
+
+    grid = _grid()
+    grid.adaptive, grid.eps_sweep = {}, []
+    grid.defended_victims = ["src", "vic"]  # every defended victim gets its tables
+    x, cpu = (grid.data.images * 255).round().byte(), torch.device("cpu")
+    clean_top5, prob = predict(grid.victims["vic"], NoDefense(), x, 6, cpu)
+    grid.confident_threshold = prob.median().item()  # tiny nets are unsure: half the images are "confident"
+    rows = run_grid(grid, tmp_path / "out", tmp_path / "cache", progress=False)
+
+    fidelity = {r["defense"]: r for r in rows if r["kind"] == "fidelity"}
+    assert set(fidelity) == {"Bits", "Blur", "R&P"}  # once per defence, none is the identity
+    blur = psnr_per_image(grid.defenses["Blur"](grid.data.images), grid.data.images)
+    assert fidelity["Blur"]["psnr_mean"] == pytest.approx(blur.mean().item(), abs=0.01)
+    assert fidelity["Blur"]["psnr_min"] == pytest.approx(blur.min().item(), abs=0.01)
+    mask = prob >= grid.confident_threshold
+    vic = [r for r in rows if r["victim"] == "vic" and r["kind"] != "fidelity"]
+    assert all(r["n_confident"] == mask.sum().item() for r in vic)
+    clean = {r["defense"]: r for r in vic if r["kind"] == "clean"}
+    blurred_top5, _ = predict(grid.victims["vic"], grid.defenses["Blur"], x, 6, cpu)
+    changed = blurred_top5[:, 0] != clean_top5[:, 0]
+    assert clean["Blur"]["changed"] == pytest.approx(100 * changed.float().mean().item(), abs=0.01)
+    assert clean["Blur"]["changed_confident"] == pytest.approx(100 * changed[mask].float().mean().item(), abs=0.01)
+
+    text = write_reports(rows, grid, tmp_path / "out", tmp_path / "cache").read_text()
+    assert "src: clean top-1 changed (%)" in text and "vic: clean top-1 changed (%)" in text
+    assert f"Confident subset of vic: {mask.sum().item()} of 6 images" in text and "Confident subset of src" in text
+
+
+def test_rows_of_older_runs_report_a_dash_then_gain_the_new_fields_without_crafting_again(tmp_path):
+    counter = {"calls": 0}
+    grid = _grid({"FGSM": CrashingAttack(fgsm(eps=8), counter), "MI-FGSM": CrashingAttack(mifgsm(eps=8, steps=2), counter)})
+    grid.adaptive, grid.eps_sweep = {}, []
+    run_grid(grid, tmp_path / "out", tmp_path / "cache", progress=False)
+    results = tmp_path / "out" / "results.jsonl"
+    new_fields = ("changed", "confident_threshold", "n_confident", "top1_confident", "changed_confident")
+    old_rows = [{k: v for k, v in row.items() if k not in new_fields} for row in map(json.loads, results.read_text().splitlines())
+                if row["kind"] != "fidelity"]
+    results.write_text("".join(json.dumps(r) + "\n" for r in old_rows))  # results.jsonl as an older version wrote it
+
+    text = write_reports(old_rows, grid, tmp_path / "out", tmp_path / "cache").read_text()
+    assert "Confident subset of vic: the images" in text and "| src | Bits | - | - | - |" in text
+    assert "| none | - | - | - |" in text  # no PSNR, no changed share: shown as missing, not as zero
+
+    counter["calls"] = 0
+    rows = run_grid(grid, tmp_path / "out", tmp_path / "cache", progress=False)
+    assert counter["calls"] == 0  # rescored from the cached adversarials
+    assert all("n_confident" in r for r in rows if r["kind"] != "fidelity") and any(r["kind"] == "fidelity" for r in rows)

@@ -177,8 +177,10 @@ def test_multirun_job_folders_are_named_by_what_is_swept(monkeypatch):
 
     monkeypatch.setattr(sys, "argv", ["train.py", "-m", "experiment=demo", "ablation=gnp,fgsp", "data.source.names=[a,b]"])
     assert job_dirname(1, ["experiment=demo", "ablation=fgsp", "data.source.names=[a,b]"]) == "1_ablation=fgsp"
-    monkeypatch.setattr(sys, "argv", ["eval.py", "-m", "evaluation/victims@victims=offline", "attacks.SSP.features.layer=4,7"])
-    assert job_dirname(0, ["evaluation/victims@victims=offline", "attacks.SSP.features.layer=4"]) == "0_attacks.SSP.features.layer=4"
+    monkeypatch.setattr(sys, "argv", ["eval.py", "-m", "victims=offline", "attacks.SSP.features.layer=4,7"])
+    assert job_dirname(0, ["victims=offline", "attacks.SSP.features.layer=4"]) == "0_attacks.SSP.features.layer=4"
+    monkeypatch.setattr(sys, "argv", ["eval.py", "-m", "victims=offline", "seed=1"])
+    assert job_dirname(1, ["victims=offline", "seed=1"]) == "1_victims=offline"  # a group of conf/evaluation/
     monkeypatch.setattr(sys, "argv", ["train.py", "-m", "backbone=vgg19", "steps=3"])
     assert job_dirname(2, ["backbone=vgg19", "steps=3"]) == "2_backbone=vgg19"
     long = [f"key{i}.x={'v' * 20}" for i in range(10)]

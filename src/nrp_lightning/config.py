@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+EVAL_CONF_DIR = CONF_DIR / "evaluation"  # eval.py's own tree: its groups (data, experiment, ...) are not training's
 
 
 def optimizer_steps(iterations: int) -> int:
@@ -32,8 +33,8 @@ def job_dirname(num: int, task_overrides: list[str], max_len: int = 100) -> str:
     overrides = [o.lstrip("+~") for o in task_overrides if not o.lstrip("+~").startswith("hydra")]
     swept = swept_keys()
     chosen = [o for o in overrides if o.split("=", 1)[0] in swept]
-    choices = [o for o in overrides if (CONF_DIR / o.split("=", 1)[0].split("@")[0]).is_dir()
-               and not o.startswith("experiment=")]
+    choices = [o for o in overrides if not o.startswith("experiment=")
+               and any((root / o.split("=", 1)[0].split("@")[0]).is_dir() for root in (CONF_DIR, EVAL_CONF_DIR))]
     name = ",".join(chosen or choices or overrides).replace("/", "_") or "job"
     if len(name) > max_len:
         name = f"{name[:max_len - 9]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
@@ -46,15 +47,18 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, fn)
 
 
-def conf_dir() -> str:
-    if not (CONF_DIR / "train.yaml").is_file():
-        raise FileNotFoundError(f"Hydra configs not found at {CONF_DIR}; install nrp-lightning from its "
-                                "source tree with `pip install -e .` so that conf/ sits beside src/")
-    return str(CONF_DIR)
+def conf_dir(config_name: str = "train") -> str:
+    """The folder of ``<config_name>.yaml``: ``conf/`` (train, cross_task) or ``conf/evaluation/`` (eval)."""
+    for root in (CONF_DIR, EVAL_CONF_DIR):
+        if (root / f"{config_name}.yaml").is_file():
+            return str(root)
+    raise FileNotFoundError(f"Hydra config {config_name}.yaml not found under {CONF_DIR}; install nrp-lightning from "
+                            "its source tree with `pip install -e .` so that conf/ sits beside src/")
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "train", run_dir: str | None = None) -> DictConfig:
-    """The resolved config of ``python train.py OVERRIDES`` without running it (tests, notebooks).
+    """The resolved config of ``python train.py OVERRIDES`` (``config_name="eval"``: of ``eval.py``)
+    without running it (tests, notebooks).
 
     ``run_dir`` stands in for Hydra's output folder.
     """
@@ -63,7 +67,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "train", run_
     from hydra.core.hydra_config import HydraConfig
 
     register_resolvers()
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=conf_dir(config_name), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=True)
     if run_dir is not None:
         cfg.hydra.runtime.output_dir = str(run_dir)

@@ -9,7 +9,7 @@ its own clean prediction (fooling rate). Three sources:
 * ``image_folder(root)``: class folders (ImageNet synsets ``n01440764``... sorted = class index,
   or integer folder names), or a flat folder without labels;
 * ``embedded()``: the photos installed packages ship (offline default), unlabelled, with a few
-  crops per photo to have more than nine images.
+  crops per photo to have more than nine images (``image_folder`` takes the same ``crops``).
 
 Images are resized (shorter side) and centre-cropped to ``size``, then rounded to 8-bit values so
 that cached adversarial examples (stored as uint8) keep the exact budget.
@@ -77,29 +77,35 @@ def center_square(img: torch.Tensor, size: int, scale: float = 1.0, offset: tupl
     return from_uint8(to_uint8(out))
 
 
-EMBEDDED_CROPS = ((1.0, (0.5, 0.5)), (0.7, (0.0, 0.0)), (0.7, (0.0, 1.0)), (0.7, (1.0, 0.0)), (0.7, (1.0, 1.0)))
+CROPS = ((1.0, (0.5, 0.5)), (0.7, (0.0, 0.0)), (0.7, (0.0, 1.0)), (0.7, (1.0, 0.0)), (0.7, (1.0, 1.0)))
+
+
+def crops_of(img: torch.Tensor, size: int, crops: int) -> list[torch.Tensor]:
+    """The first ``crops`` (1..5) of: the centre square, then four 70% corner squares of
+    ``(3,H,W)``, each resized to ``size``; image ``k`` of a file is named ``<name>#k``."""
+    if not 1 <= crops <= len(CROPS):
+        raise ValueError(f"crops must be in 1..{len(CROPS)}, got {crops}")
+    return [center_square(img, size, scale, offset) for scale, offset in CROPS[:crops]]
 
 
 def embedded(size: int = 224, crops: int = 5, names: list[str] | None = None) -> EvalSet:
     """The shipped photos (``nrp_lightning.data.EMBEDDED_PHOTOS``), unlabelled: per photo the centre
     square and up to four 70% corner crops (``crops`` in 1..5), each resized to ``size``."""
-    if not 1 <= crops <= len(EMBEDDED_CROPS):
-        raise ValueError(f"crops must be in 1..{len(EMBEDDED_CROPS)}, got {crops}")
     source = EmbeddedImages(names)
     images, out_names = [], []
     for i in range(len(source)):
-        for k, (scale, offset) in enumerate(EMBEDDED_CROPS[:crops]):
-            images.append(center_square(source.load(i), size, scale, offset))
-            out_names.append(f"{source.name(i)}#{k}")
+        images += crops_of(source.load(i), size, crops)
+        out_names += [f"{source.name(i)}#{k}" for k in range(crops)]
     return EvalSet(torch.stack(images), torch.full((len(images),), UNKNOWN), out_names,
                    f"embedded photos, {len(source)} x {crops} crops at {size} px, unlabelled")
 
 
-def _load_all(paths: list[Path], size: int, limit: int | None) -> tuple[list[torch.Tensor], list[Path]]:
+def _load_all(paths: list[Path], size: int, limit: int | None, crops: int = 1) -> tuple[list[torch.Tensor], list[Path]]:
+    """``crops`` images per file (``crops_of``) of the first ``limit`` files, and the files kept."""
     images, kept = [], []
     for p in paths[:limit] if limit else paths:
         try:
-            images.append(center_square(load_image(p), size))
+            images += crops_of(load_image(p), size, crops)
             kept.append(p)
         except ImageLoadError as exc:
             raise ImageLoadError(f"{exc} (remove the file or fix it; evaluation needs every listed image)") from None
@@ -130,9 +136,11 @@ def neurips_dev(root: str, size: int = 299, labels_csv: str | None = None, limit
     return EvalSet(torch.stack(images), labels, [p.stem for p in kept], f"NeurIPS-2017 dev layout {root} ({len(kept)} images)")
 
 
-def image_folder(root: str, size: int = 224, limit: int | None = None) -> EvalSet:
+def image_folder(root: str, size: int = 224, limit: int | None = None, crops: int = 1) -> EvalSet:
     """Class folders (sorted synset names or integer names = ImageNet indices), or a flat folder
-    of unlabelled images (fooling rate against clean predictions)."""
+    of unlabelled images (fooling rate against clean predictions). Per file, ``crops`` images as in
+    ``embedded()`` (the centre square, then up to four 70% corner crops), named ``<file>#k``;
+    ``limit`` counts files."""
     root = Path(root).expanduser()
     paths = list_images(root)
     if not paths:
@@ -146,6 +154,8 @@ def image_folder(root: str, size: int = 224, limit: int | None = None) -> EvalSe
         labels = [index[p.parent.name] for p in paths]
     else:
         labels = [UNKNOWN] * len(paths)
-    images, kept = _load_all(paths, size, limit)
-    return EvalSet(torch.stack(images), torch.tensor(labels[:len(kept)]), [str(p.relative_to(root)) for p in kept],
-                   f"image folder {root} ({len(kept)} images{', labelled' if labels[0] >= 0 else ', unlabelled'})")
+    images, kept = _load_all(paths, size, limit, crops)
+    return EvalSet(torch.stack(images), torch.tensor(labels[:len(kept)]).repeat_interleave(crops),
+                   [f"{p.relative_to(root)}#{k}" for p in kept for k in range(crops)],
+                   f"image folder {root} ({len(kept)} files x {crops} crops at {size} px"
+                   f"{', labelled' if labels[0] >= 0 else ', unlabelled'})")

@@ -1,0 +1,276 @@
+"""What to evaluate (``Grid``) and the runner that crafts, defends and scores every cell (``run_grid``).
+
+Adversarial examples are cached as uint8 tensors under ``cache_dir`` keyed by (source, attack and
+its parameters, data fingerprint, seed), and every scored cell is appended to ``results.jsonl`` as
+soon as it exists, so a killed run resumes where it stopped and a grid extended by a source,
+attack, defence or victim computes only what is new.
+
+Metrics, for a victim behind a defence: top-1 and top-5 accuracy against the true labels, or,
+for unlabelled data, against the undefended victim's clean top-1 prediction; attack success rate
+(Table 1, lower is better for the defence) = 100 - top-1. Both sides of a defence are measured:
+on clean images, the share of the victim's clean top-1 predictions it changes and, once per
+defence, PSNR(D(x), x); every scored row also holds top-1 on the victim's *confident subset*,
+the images whose clean top-1 softmax probability is at least ``confident_threshold`` (abstract
+or near-constant crops flip under any change; DESIGN.md section 4).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from nrp_lightning.attacks.adaptive import AdaptiveAttack
+from nrp_lightning.attacks.ssp import SSP
+from nrp_lightning.attacks.transfer import untargeted_labels
+from nrp_lightning.defenses.base import Defense, NoDefense
+from nrp_lightning.eval_data import EvalSet, from_uint8, to_uint8
+from nrp_lightning.evaluation.metrics import percent, psnr_per_image, score
+from nrp_lightning.evaluation.store import AdversarialCache, ResultStore, cache_key
+
+NO_DEFENSE = "none"
+CLEAN = "clean"
+FIDELITY = "fidelity"  # row kind: PSNR of a defence's output on the clean images
+CONFIDENT_THRESHOLD = 0.3  # clean top-1 probability of the confident subset (JPEG q75 flips <10% there)
+ROW_FIELDS = ["kind", "source", "attack", "eps", "defense", "victim", "n", "reference", "top1", "top5", "success_rate",
+              "changed", "confident_threshold", "n_confident", "top1_confident", "changed_confident", "psnr_mean",
+              "psnr_min", "key"]  # every field a row of results.jsonl may have (rows of older runs lack some)
+
+
+@dataclass
+class SelfSupervised:
+    """SSP as a grid attack: crafted on a feature extractor, not on the grid's classifier sources
+    (label-free), so it runs once with ``features`` as its source."""
+
+    attack: SSP
+    features: nn.Module
+    name: str = "SSP"
+
+    @property
+    def source_name(self) -> str:
+        return getattr(self.features, "name", type(self.features).__name__)
+
+    def with_eps(self, eps: float) -> "SelfSupervised":
+        return replace(self, attack=replace(self.attack, eps=eps, step_size=self.attack.step_size * eps / self.attack.eps))
+
+    @property
+    def eps(self) -> float:
+        return self.attack.eps
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+        return self.attack(x, self.features)
+
+
+@dataclass
+class Grid:
+    """What to evaluate. Every mapping is ``table label -> object``.
+
+    Args:
+        data: the images.
+        sources: classifiers the transfer attacks are crafted on (``Classifier``/``Ensemble``/...).
+        attacks: ``GradientAttack`` (run on every source) or ``SelfSupervised`` (run once).
+        defenses: input transformations; ``"none"`` is added when absent.
+        victims: classifiers scored on every adversarial set (undefended: Table 5 layout).
+        defended_victims: victims also scored behind every defence (Table 1 layout) and attacked
+            adaptively; default: the last victim.
+        adaptive: attacks run through each defence onto each defended victim (BPDA / EOT).
+        eps_sweep: budgets (/255) for the accuracy-vs-eps plot, of ``sweep_attack`` on ``sweep_source``.
+        confident_threshold: a victim's confident subset is the images whose clean top-1 softmax
+            probability is at least this.
+    """
+
+    data: EvalSet
+    sources: dict[str, nn.Module]
+    attacks: dict[str, Any]
+    defenses: dict[str, Defense]
+    victims: dict[str, nn.Module]
+    defended_victims: list[str] | None = None
+    adaptive: dict[str, AdaptiveAttack] = field(default_factory=dict)
+    eps_sweep: list[float] = field(default_factory=list)
+    sweep_attack: str | None = None
+    sweep_source: str | None = None
+    batch_size: int = 16
+    seed: int = 0
+    confident_threshold: float = CONFIDENT_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.confident_threshold <= 1.0:
+            raise ValueError(f"confident_threshold is a probability in [0, 1], got {self.confident_threshold}")
+        if NO_DEFENSE not in self.defenses:
+            self.defenses = {NO_DEFENSE: NoDefense(), **self.defenses}
+        if self.defended_victims is None:
+            self.defended_victims = [list(self.victims)[-1]]
+        for name in self.defended_victims:
+            if name not in self.victims:
+                raise ValueError(f"defended victim {name!r} is not among the victims {list(self.victims)}")
+        if self.eps_sweep:
+            if self.sweep_attack not in self.attacks:
+                raise ValueError(f"sweep_attack {self.sweep_attack!r} is not among the attacks {list(self.attacks)}")
+            if not isinstance(self.attacks[self.sweep_attack], SelfSupervised) and self.sweep_source not in self.sources:
+                raise ValueError(f"sweep_source {self.sweep_source!r} is not among the sources {list(self.sources)}")
+        for label, defense in self.defenses.items():
+            defense.label = label
+
+
+def adv_sets(grid: Grid) -> list[tuple[str, str, Any, nn.Module | None, bool]]:
+    """(source label, attack label, attack, source model, in_tables) for every set to craft."""
+    sets = []
+    for a_name, attack in grid.attacks.items():
+        if isinstance(attack, SelfSupervised):
+            sets.append((attack.source_name, a_name, attack, None, True))
+        else:
+            sets.extend((s_name, a_name, attack, model, True) for s_name, model in grid.sources.items())
+    if grid.eps_sweep:
+        attack = grid.attacks[grid.sweep_attack]
+        source = attack.source_name if isinstance(attack, SelfSupervised) else grid.sweep_source
+        model = None if isinstance(attack, SelfSupervised) else grid.sources[grid.sweep_source]
+        for eps in grid.eps_sweep:
+            if eps != attack.eps:
+                sets.append((source, grid.sweep_attack, attack.with_eps(eps), model, False))
+    return sets
+
+
+def transfer_key(grid: Grid, source: str, attack: Any) -> str:
+    """Cache key of the adversarial set of ``attack`` crafted on ``source`` over the grid's data."""
+    return cache_key("transfer", source, repr(attack), grid.data.fingerprint(), grid.seed)
+
+
+@torch.no_grad()
+def predict(victim: nn.Module, defense: Defense, x_uint8: torch.Tensor, batch_size: int,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-5 classes ``(N, 5)`` of ``victim(defense(x))`` for uint8 images ``(N,3,S,S)``, and the
+    softmax probability ``(N,)`` of the top-1 class."""
+    top5, top1_prob = [], []
+    for i in range(0, len(x_uint8), batch_size):
+        logits = victim(defense(from_uint8(x_uint8[i:i + batch_size]).to(device)))
+        top5.append(logits.topk(5, dim=1).indices.cpu())
+        top1_prob.append(logits.softmax(1).amax(1).cpu())
+    return torch.cat(top5), torch.cat(top1_prob)
+
+
+@torch.no_grad()
+def defend(defense: Defense, x_uint8: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """``defense(x)`` ``(N,3,S,S)`` in [0,1] on the CPU, for uint8 images ``(N,3,S,S)``."""
+    return torch.cat([defense(from_uint8(x_uint8[i:i + batch_size]).to(device)).clamp(0, 1).cpu()
+                      for i in range(0, len(x_uint8), batch_size)])
+
+
+def craft(attack: Callable, model: nn.Module | None, x_uint8: torch.Tensor, labels: torch.Tensor,
+          batch_size: int, device: torch.device, seed: int, **kwargs) -> torch.Tensor:
+    """Run ``attack(x, y, model, **kwargs)`` over the set in batches; uint8 ``(N,3,S,S)`` out."""
+    torch.manual_seed(seed)
+    out = []
+    for i in range(0, len(x_uint8), batch_size):
+        x = from_uint8(x_uint8[i:i + batch_size]).to(device)
+        y = labels[i:i + batch_size].to(device)
+        out.append(to_uint8(attack(x, y, model, **kwargs).cpu()))
+    return torch.cat(out)
+
+
+def run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLike,
+             device: str | torch.device = "cpu", progress: bool = True) -> list[dict]:
+    """Craft, defend and score everything in ``grid``; returns every row (also in ``results.jsonl``).
+    Safe to kill and rerun with the same ``out_dir`` and ``cache_dir``."""
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache, store = AdversarialCache(cache_dir), ResultStore(out_dir / "results.jsonl")
+    data = grid.data
+    x_clean = to_uint8(data.images)
+    fingerprint = data.fingerprint()
+    for m in [*grid.sources.values(), *grid.victims.values(), *grid.defenses.values()]:
+        m.to(device)
+    for attack in grid.attacks.values():
+        if isinstance(attack, SelfSupervised):
+            attack.features.to(device)
+
+    # Reference labels of each victim: the true labels, or its own clean prediction.
+    clean = {v: predict(m, grid.defenses[NO_DEFENSE], x_clean, grid.batch_size, device) for v, m in grid.victims.items()}
+    clean_top1 = {v: top5[:, 0] for v, (top5, _) in clean.items()}
+    reference = {v: (data.labels if data.labelled else clean_top1[v]) for v in grid.victims}
+    confident = {v: prob >= grid.confident_threshold for v, (_, prob) in clean.items()}
+    label_kind = "true label" if data.labelled else "clean prediction"
+
+    def defenses_for(victim: str) -> list[str]:
+        return list(grid.defenses) if victim in grid.defended_victims else [NO_DEFENSE]
+
+    sets = adv_sets(grid)
+    adaptive_jobs = [(a, d, v) for a in grid.adaptive for d in grid.defenses for v in grid.defended_victims]
+    fidelity_jobs = [d for d in grid.defenses if d != NO_DEFENSE] if grid.defended_victims else []
+    n_cells = (sum(len(defenses_for(v)) for v in grid.victims) * (1 + len(sets)))
+    bar = tqdm(total=len(fidelity_jobs) + len(sets) + n_cells + len(adaptive_jobs), desc="eval grid",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+
+    def confident_scores(top5: torch.Tensor, victim: str, kind: str) -> dict:
+        """The confident-subset fields of a row; clean rows also get the share of changed predictions."""
+        mask = confident[victim]
+        fields = {"confident_threshold": grid.confident_threshold, "n_confident": int(mask.sum()),
+                  "top1_confident": percent(top5[mask, 0] == reference[victim][mask])}
+        if kind == CLEAN:
+            changed = top5[:, 0] != clean_top1[victim]
+            fields.update(changed=percent(changed), changed_confident=percent(changed[mask]))
+        return fields
+
+    def score_cell(adv_key: str, x_adv: torch.Tensor, meta: dict, victim: str, d_name: str) -> None:
+        key = cache_key(adv_key, d_name, repr(grid.defenses[d_name]), victim, grid.seed)
+        row = store.rows.get(key)
+        if row is None or row.get("confident_threshold") != grid.confident_threshold:  # rows of older runs too
+            torch.manual_seed(int(key[:8], 16))  # randomised defences: reproducible draws per cell
+            top5, _ = predict(grid.victims[victim], grid.defenses[d_name], x_adv, grid.batch_size, device)
+            store.add({"key": key, **meta, "defense": d_name, "victim": victim, "n": len(x_adv), "reference": label_kind,
+                       **score(top5, reference[victim]), **confident_scores(top5, victim, meta["kind"])})
+        bar.update(1)
+
+    # Fidelity: PSNR(D(x), x) on the clean images, once per defence (seeded as the cells are).
+    for d_name in fidelity_jobs:
+        defense = grid.defenses[d_name]
+        key = cache_key(FIDELITY, fingerprint, d_name, repr(defense), grid.seed)
+        if key not in store:
+            torch.manual_seed(int(key[:8], 16))
+            db = psnr_per_image(defend(defense, x_clean, grid.batch_size, device), from_uint8(x_clean))
+            store.add({"key": key, "kind": FIDELITY, "source": "-", "attack": CLEAN, "eps": 0.0, "defense": d_name,
+                       "victim": "-", "n": len(x_clean), "psnr_mean": round(db.mean().item(), 2),
+                       "psnr_min": round(db.min().item(), 2)})
+        bar.update(1)
+
+    # Clean accuracy of every victim (behind every defence where it is defended).
+    for victim in grid.victims:
+        for d_name in defenses_for(victim):
+            score_cell(cache_key(CLEAN, fingerprint), x_clean,
+                       {"kind": CLEAN, "source": "-", "attack": CLEAN, "eps": 0.0}, victim, d_name)
+
+    # Transfer (black-box) attacks.
+    for s_name, a_name, attack, model, in_tables in sets:
+        bar.set_postfix_str(f"{a_name} on {s_name}", refresh=True)
+        key = transfer_key(grid, s_name, attack)
+        x_adv = cache.get(key)
+        if x_adv is None:
+            labels = (untargeted_labels(model.to(device), from_uint8(x_clean).to(device), data.labels.to(device)).cpu()
+                      if model is not None else data.labels)
+            x_adv = craft(attack, model, x_clean, labels, grid.batch_size, device, grid.seed)
+            cache.put(key, x_adv)
+        bar.update(1)
+        meta = {"kind": "transfer" if in_tables else "sweep", "source": s_name, "attack": a_name, "eps": float(attack.eps)}
+        for victim in grid.victims:
+            for d_name in defenses_for(victim):
+                score_cell(key, x_adv, meta, victim, d_name)
+
+    # Adaptive (white-box through the defence) attacks on each defended victim.
+    for a_name, d_name, victim in adaptive_jobs:
+        adaptive, defense = grid.adaptive[a_name], grid.defenses[d_name]
+        bar.set_postfix_str(f"{a_name} through {d_name} on {victim}", refresh=True)
+        key = cache_key("adaptive", victim, repr(adaptive), d_name, repr(defense), fingerprint, grid.seed)
+        x_adv = cache.get(key)
+        if x_adv is None:
+            x_adv = craft(adaptive, grid.victims[victim], x_clean, reference[victim], grid.batch_size, device,
+                          grid.seed, defense=defense)
+            cache.put(key, x_adv)
+        score_cell(key, x_adv, {"kind": "adaptive", "source": f"{victim} (white-box)", "attack": adaptive.label(defense),
+                                "eps": float(adaptive.attack.eps)}, victim, d_name)
+    bar.close()
+    return list(store.rows.values())
