@@ -102,3 +102,31 @@ def test_nrp_cpu_recipe_composes_with_its_options(tmp_path):
     assert cfg.module.lr_schedule == "cosine" and cfg.module.schedule_iterations == cfg.steps
     full = compose(["experiment=nrp_full"], run_dir=str(tmp_path))
     assert full.module.lr_schedule == "constant" and full.module.weak_fraction == 0.0 and full.init_purifier is None
+
+
+def test_the_shipped_purifier_loads_by_default_with_its_card():
+    import hashlib
+    import json
+
+    from nrp_lightning.defenses import load_nrp
+    from nrp_lightning.purify import DEFAULT_PURIFIER, load_purifier
+
+    purifier = load_purifier()  # weights_only=True, strict=True
+    assert purifier.path == DEFAULT_PURIFIER and purifier.spec.arch == "rrdb"
+    card = json.loads(DEFAULT_PURIFIER.with_suffix(".json").read_text())
+    assert card["sha256"] == hashlib.sha256(DEFAULT_PURIFIER.read_bytes()).hexdigest()
+    assert card["training_command"].startswith("python train.py experiment=nrp_cpu")
+    assert {p["name"] for p in card["training_photos"]}.isdisjoint({"chelsea", "coffee", "grace_hopper", "Path"})
+    assert DEFAULT_PURIFIER.stat().st_size < 4 * 2**20
+    x = torch.rand(1, 3, 40, 48)
+    assert load_nrp(None)(x).shape == x.shape and load_nrp(None).weights == str(DEFAULT_PURIFIER)
+
+
+def test_nrp_purify_without_checkpoint_uses_the_shipped_purifier(tmp_path, capsys):
+    from nrp_lightning.cli_purify import purify_main
+
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (40, 30), "orange").save(tmp_path / "in" / "a.png")
+    assert purify_main([str(tmp_path / "in"), str(tmp_path / "out"), "--no-progress"]) == 0
+    assert (tmp_path / "out" / "a.png").is_file()
+    assert "no --checkpoint: the purifier shipped with nrp-lightning" in capsys.readouterr().err

@@ -60,10 +60,13 @@ def purify_parser() -> argparse.ArgumentParser:
                     "write lossless PNGs. Inputs are never modified; outputs are written atomically; existing "
                     "outputs are skipped unless --overwrite. Exit code 0: all done, 1: some images failed, "
                     "2: usage error. To export a purifier instead: nrp-purify export --help",
-        epilog="example: nrp-purify photos/ purified/ --checkpoint NRP.pth --dynamic --batch-size 4")
+        epilog="examples: nrp-purify photos/ purified/   (the purifier that ships with nrp-lightning)\n"
+               "          nrp-purify photos/ purified/ --checkpoint NRP.pth --dynamic --batch-size 4",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_folder_arguments(parser)
-    parser.add_argument("--checkpoint", required=True, help="NRP.pth, NRP_resG.pth, an exported state dict or "
-                                                            "an nrp-train .ckpt")
+    parser.add_argument("--checkpoint", help="NRP.pth, NRP_resG.pth, an exported state dict or an nrp-train .ckpt "
+                                             "(default: the purifier shipped in the package, trained by "
+                                             "experiment=nrp_cpu; see docs/reproduction.md)")
     parser.add_argument("--dynamic", action="store_true", help="dynamic inference: purify x + clipped Gaussian "
                         "noise (sigma 0.05, within 16/255), the authors' defence against white-box attackers")
     parser.add_argument("--halo", type=int, help="context px per tile side (default: the purifier's receptive "
@@ -126,7 +129,8 @@ def purify_main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     except (UsageError, PurifierLoadError, ValueError) as exc:
         parser.error(str(exc))
-    print(f"purifier: {purifier.spec} on {device}; {len(jobs)} images", file=sys.stderr)
+    origin = "" if args.checkpoint else " (no --checkpoint: the purifier shipped with nrp-lightning)"
+    print(f"purifier: {purifier.spec} from {purifier.path}{origin} on {device}; {len(jobs)} images", file=sys.stderr)
     fn = partial(_purify_batch, purifier, dynamic=args.dynamic, generator=torch.Generator().manual_seed(args.seed),
                  max_memory=max_memory, halo=args.halo)
     summary = run_jobs(jobs, fn, args.batch_size, args.overwrite, desc="purify", progress=not args.no_progress)

@@ -30,6 +30,9 @@ DYNAMIC_EPS = 16.0  # l_inf bound of that noise, pixel units (/255)
 # purifier's zero padding would otherwise dominate a 1x1 or 2x2 input.
 MIN_SIDE = 16
 LIGHTNING_PREFIXES = ("purifier._orig_mod.", "purifier.")
+# The purifier trained by this project's CPU recipe (experiment=nrp_cpu, docs/reproduction.md),
+# shipped in the package with its card (config, command, corpus, metrics) beside it.
+DEFAULT_PURIFIER = Path(__file__).parent / "pretrained" / "nrp_cpu.pth"
 EXPECTED = ("expected a purifier: the authors' NRP.pth (RRDB keys conv_first.*, RRDB_trunk.{i}.RDB{1,2,3}."
             "conv{1..5}.*, trunk_conv.*) or NRP_resG.pth (ResNet keys conv_first.*, recon_trunk.{i}.conv{1,2}.*, "
             "conv_last.*), a state dict exported by nrp-train, or an nrp-train Lightning .ckpt")
@@ -139,15 +142,16 @@ def _load_file(path: Path) -> dict[str, Any]:
         raise PurifierLoadError(f"{path} is {what}; {EXPECTED}") from None
 
 
-def load_purifier(path: str | os.PathLike, device: str | torch.device = "cpu",
+def load_purifier(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32) -> nn.Module:
     """A purifier from any supported checkpoint, strict-loaded, frozen, in eval mode on ``device``.
+    ``path=None``: the purifier that ships with the package (``DEFAULT_PURIFIER``).
 
     The module maps ``(B, 3, H, W)`` in [0, 1] to ``(B, 3, H, W)`` (unclamped; use ``purify_images``).
     Its ``spec`` attribute says what was detected, e.g. ``rrdb purifier (nf=64 nb=23 gc=32)``.
     Raises ``PurifierLoadError`` for anything that is not a purifier, saying what the file is.
     """
-    path = Path(path)
+    path = Path(path) if path is not None else DEFAULT_PURIFIER
     state = extract_purifier_state(_load_file(path), str(path))
     spec = detect_purifier(state, str(path))
     purifier = spec.build()
@@ -156,7 +160,7 @@ def load_purifier(path: str | os.PathLike, device: str | torch.device = "cpu",
     except RuntimeError as exc:
         raise PurifierLoadError(f"{path} looks like a {spec} but does not load strictly: "
                                 f"{str(exc).splitlines()[0]} ...; {EXPECTED}") from None
-    purifier.spec = spec
+    purifier.spec, purifier.path = spec, path
     return purifier.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 

@@ -33,10 +33,11 @@ class NRPDefense(Defense):
         return purify(self.purifier, x)
 
 
-def load_nrp(weights: str, dynamic: bool = False) -> NRPDefense:
+def load_nrp(weights: str | None = None, dynamic: bool = False) -> NRPDefense:
     """``NRPDefense`` from any purifier file ``load_purifier`` reads: the authors' ``NRP.pth`` /
     ``NRP_resG.pth``, our exported ``purifier.pth`` or a training ``.ckpt`` (architecture and sizes
-    are read from the keys and shapes)."""
-    defense = NRPDefense(load_purifier(weights), dynamic=dynamic)
-    defense.weights = str(weights)  # part of the repr, hence of cache keys
+    are read from the keys and shapes); ``None``: the purifier shipped with the package."""
+    purifier = load_purifier(weights)
+    defense = NRPDefense(purifier, dynamic=dynamic)
+    defense.weights = str(purifier.path)  # part of the repr, hence of cache keys
     return defense
