@@ -144,8 +144,12 @@ def attack_parser() -> argparse.ArgumentParser:
     ssp = commands.add_parser(
         "ssp", help="Self-supervised perturbation (label-free feature distortion, Alg. 1)",
         description="SSP (Alg. 1): maximize the distance between the backbone features of x' and x with "
-                    "sign-gradient steps inside the l_inf ball, from a Gaussian random start (the authors' "
-                    "ssp.py, batched). Images larger than the memory budget are attacked in overlapping tiles.",
+                    "sign-gradient steps inside the l_inf ball, from the random start x + N(0,1). As in the "
+                    "authors' ssp.py: the update, projection, eps 16, step 0.01 (2.55/255), MSE on VGG16 "
+                    "relu3_3 features. Unlike it: their start is the noise itself (not x + noise), they always "
+                    "run 100 steps whatever --iters says (here --steps counts) and resize/crop to 224 px (here "
+                    "images keep their size). Images larger than the memory budget are attacked in overlapping "
+                    "tiles.",
         epilog="example: nrp-attack ssp photos/ adversarial/ --eps 16 --steps 100 --backbone mobilenet_v2")
     _add_folder_arguments(ssp)
     ssp.add_argument("--eps", type=float, default=16.0, help="l_inf budget in pixel units (default 16 = 16/255)")
