@@ -1,4 +1,6 @@
-"""Transfer attacks: budget, range, loss increase, TI smoothness, DIM(p=0) == MI-FGSM, torchattacks."""
+"""Transfer attacks: budget, range, loss increase, targeted, TI smoothness, DIM(p=0) == MI-FGSM, torchattacks."""
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,41 @@ def test_attack_stays_in_budget_and_raises_the_loss(name):
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     with torch.no_grad():
         assert F.cross_entropy(model(x_adv), y) > F.cross_entropy(model(x), y)
+
+
+def _targets(model, x, classes=10):
+    """A target class per image that the model does not predict on the clean image."""
+    pred = model(x).argmax(1)
+    return (pred + 1 + torch.arange(len(x)) % (classes - 1)) % classes
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_targeted_attack_stays_in_budget_and_lowers_the_target_loss(name):
+    model, x = tiny_classifier(), smooth_images(8)
+    target = _targets(model, x)
+    attack = replace(BUILDERS[name](), targeted=True)
+    x_adv = attack(x, target, model)
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    with torch.no_grad():
+        assert F.cross_entropy(model(x_adv), target) < F.cross_entropy(model(x), target)
+
+
+@pytest.mark.parametrize("eps", [2, 16])
+def test_targeted_mifgsm_matches_torchattacks(eps):
+    """Same tiny model, batch and targets; 10 steps of eps/10, momentum 1. torchattacks averages the
+    loss over the batch where we sum it, which the per-image L1 normalization cancels, and projects
+    as x + clip(x' - x) where we clip x' directly: the two agree to float rounding."""
+    torchattacks = pytest.importorskip("torchattacks")
+    model, x = tiny_classifier(seed=3), smooth_images(16, seed=1)
+    target = _targets(model, x)
+    ours = mifgsm(eps=eps, targeted=True)(x, target, model)
+    reference = torchattacks.MIFGSM(model, eps=eps / 255, alpha=eps / 10 / 255, steps=10, decay=1.0)
+    reference.set_mode_targeted_by_label(quiet=True)
+    theirs = reference(x, target)
+    assert (ours - x).abs().max() > (eps - 1) / 255  # it moved, to the edge of the budget
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        assert torch.equal(model(ours).argmax(1), model(theirs).argmax(1))
 
 
 def test_labels_default_to_the_clean_prediction_and_keep_known_ones():

@@ -162,10 +162,52 @@ def test_attack_vgg16_offline_error_is_clear(tmp_path, photos, capsys, monkeypat
     assert "no ImageNet weights for vgg16" in err and "--backbone mobilenet_v2" in err
 
 
+def test_attack_transfer_folder_targeted_one_png_per_photo_in_budget(tmp_path, photos, capsys):
+    out = tmp_path / "adv"
+    argv = ["mifgsm", str(photos), str(out), "--source", "mobilenet_v2", "--eps", "8", "--steps", "2", "--target",
+            "919", "--batch-size", "4", "--no-progress"]
+    assert attack_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "MI-FGSM, targeted at class 919, on mobilenet_v2, eps 8/255, 2 steps" in err
+    assert "done: 10, skipped (output exists): 0, failed: 3" in err
+    assert _outputs(out) == GOOD
+    clean, adv = load_image(photos / "sub" / "b.png"), load_image(out / "sub" / "b.png")
+    assert 4 / 255 < (adv - clean).abs().max().item() <= 8 / 255 + 0.5 / 255
+    assert attack_main(argv) == 1 and "done: 0, skipped (output exists): 10, failed: 3" in capsys.readouterr().err
+
+
+def test_attack_through_purifier_backpropagates_through_it(tmp_path, photos, checkpoint, capsys):
+    photo, outputs = photos / "sub" / "b.png", {}
+    for name, extra in (("plain", []), ("through", ["--through-purifier", str(checkpoint)])):
+        code = attack_main(["fgsm", str(photo), str(tmp_path / f"{name}.png"), "--source", "mobilenet_v2", "--eps",
+                            "8", "--no-progress", *extra])
+        assert code == 0
+        outputs[name] = load_image(tmp_path / f"{name}.png")
+    assert "through rrdb purifier (nf=8 nb=1 gc=4)" in capsys.readouterr().err
+    for adv in outputs.values():
+        assert (adv - load_image(photo)).abs().max().item() <= 8 / 255 + 0.5 / 255
+    assert not torch.equal(outputs["plain"], outputs["through"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--source", "mobilenet_v2", "--target", "1000"], "ImageNet class index, 0 to 999"),
+    (["--source", "no_such_model_anywhere"], "could not build timm model"),
+    (["--source", "mobilenet_v2", "--through-purifier", "MISSING.pth"], "MISSING.pth"),
+])
+def test_attack_transfer_usage_errors(tmp_path, photos, capsys, extra, message):
+    with pytest.raises(SystemExit) as info:
+        attack_main(["ifgsm", str(photos), str(tmp_path / "adv"), *extra])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "adv").exists()
+
+
 @pytest.mark.parametrize("main, argv, words", [
     (purify_main, ["--help"], ["--checkpoint", "--dynamic", "--max-memory", "Exit code"]),
     (purify_main, ["export", "--help"], ["opset 18", "TorchScript"]),
-    (attack_main, ["--help"], ["ssp", "pixel units"]),
+    (attack_main, ["--help"], ["ssp", "pixel units", "fgsm", "rfgsm", "ifgsm", "mifgsm", "dim"]),
+    (attack_main, ["mifgsm", "--help"], ["--source", "efficientnet_lite0", "timm:NAME", "--eps", "--steps", "--ti",
+                                         "--target CLASS", "--through-purifier CKPT", "bypass_nrp.py"]),
+    (attack_main, ["dim", "--help"], ["--seed", "--steps", "probability 0.5"]),
     (attack_main, ["ssp", "--help"], ["--eps", "--step-size", "--backbone", "timm:NAME", "--layer"]),
 ])
 def test_help(main, argv, words, capsys):
@@ -173,3 +215,10 @@ def test_help(main, argv, words, capsys):
         main(argv)
     text = capsys.readouterr().out
     assert info.value.code == 0 and all(w in text for w in words)
+
+
+def test_options_an_attack_does_not_use_are_not_offered(capsys):
+    with pytest.raises(SystemExit):
+        attack_main(["fgsm", "--help"])
+    text = capsys.readouterr().out
+    assert "--steps" not in text and "--seed" not in text and "--max-memory" not in text

@@ -15,7 +15,7 @@ def tiny_features() -> nn.Module:
 
 @pytest.mark.parametrize("eps", [0, 1, 8, 16])
 @pytest.mark.parametrize("fill", [None, 0.0, 1.0])
-@pytest.mark.parametrize("start", ["normal", "uniform", "none"])
+@pytest.mark.parametrize("start", ["normal", "uniform"])
 def test_ssp_never_leaves_the_eps_ball_or_the_image_range(eps, fill, start):
     x = torch.rand(2, 3, 32, 32) if fill is None else torch.full((2, 3, 32, 32), fill)
     x_adv = ssp(x, tiny_features(), eps=eps, step_size=3, steps=4, start=start)
@@ -43,9 +43,43 @@ def test_ssp_more_steps_distort_more():
     assert d[0] < d[1] < d[2]
 
 
-def test_ssp_needs_a_random_start_because_the_gradient_vanishes_at_x():
+@pytest.mark.parametrize("distance", ["mse", "mae", "cosine"])
+def test_ssp_needs_a_random_start_because_the_gradient_vanishes_at_x(distance):
+    """Why ``start="none"`` is refused: at x' = x the gradient is zero (mse, mae) or float rounding
+    noise (cosine), next to the gradient SSP follows from a random start."""
     f, x = tiny_features(), torch.rand(2, 3, 32, 32)
-    assert torch.equal(ssp(x, f, eps=16, steps=5, distance="mse", start="none"), x)
+
+    def grad_at(point):
+        point = point.clone().requires_grad_(True)
+        return torch.autograd.grad(feature_distance(f(point), f(x), distance), point)[0]
+
+    at_x = grad_at(x).abs().max()
+    at_start = grad_at(random_start(x, 16 / 255, "normal", torch.Generator().manual_seed(0))).abs().max()
+    assert at_x <= 1e-5 * at_start
+    if distance != "cosine":
+        assert at_x == 0
+
+
+@pytest.mark.parametrize("distance", ["mse", "mae", "cosine"])
+@pytest.mark.parametrize("start", ["none", None])
+def test_a_start_at_x_is_refused_with_the_valid_starts_named(distance, start):
+    x = torch.rand(1, 3, 16, 16)
+    for build in (lambda: SSP(distance=distance, start=start),
+                  lambda: ssp(x, tiny_features(), steps=2, distance=distance, start=start),
+                  lambda: random_start(x, 16 / 255, start)):
+        with pytest.raises(ValueError, match=r"one of \('normal', 'uniform'\).*gradient is zero"):
+            build()
+
+
+@pytest.mark.parametrize("key", ["attack", "val_attack"])
+def test_the_training_config_refuses_start_none(key, tmp_path):
+    from test_train import TINY
+
+    from nrp_lightning.config import compose
+    from nrp_lightning.train import build_module
+
+    with pytest.raises(Exception, match=r"SSP start must be one of \('normal', 'uniform'\), got 'none'"):
+        build_module(compose(TINY + [f"{key}.start=none"], run_dir=str(tmp_path)))
 
 
 def test_ssp_is_reproducible_with_a_generator_and_leaves_features_frozen():

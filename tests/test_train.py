@@ -67,6 +67,22 @@ def test_a_second_fresh_run_in_the_same_folder_is_refused(tmp_path):
         train(compose(TINY + ["steps=1"], run_dir=str(tmp_path)))
 
 
+def test_a_refused_command_line_run_says_what_to_do_in_one_line_and_leaves_the_earlier_run_alone(tmp_path):
+    earlier = tmp_path / "demo-none"
+    (earlier / "checkpoints").mkdir(parents=True)
+    (earlier / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (earlier / ".hydra").mkdir()
+    (earlier / ".hydra" / "config.yaml").write_text("the earlier run's config")
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "steps=1"], env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"refused: {earlier / 'checkpoints'} already holds checkpoints of an earlier run. Add resume=true to continue "
+        "it, or run_name=<new name> to start another run beside it."]
+    assert (earlier / ".hydra" / "config.yaml").read_text() == "the earlier run's config"
+    assert sorted(p.name for p in earlier.iterdir()) == [".hydra", "checkpoints"]
+
+
 def _train_cmd(out_root: Path, run_name: str, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "train.py"), *TINY, "steps=12", "checkpoint_every=3", "val_every=1000",
             "data.samples_per_epoch=6", "report=false", f"run_name={run_name}", *extra]

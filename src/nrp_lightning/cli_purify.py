@@ -1,4 +1,5 @@
-"""Console commands ``nrp-purify`` (purify a folder, or export a purifier) and ``nrp-attack``.
+"""Console commands ``nrp-purify`` (purify a folder, or export a purifier) and ``nrp-attack`` (SSP
+and the transfer attacks over a folder).
 
 Exit codes: 0 every image done (or skipped), 1 some images failed (listed with reasons), 2 usage
 errors (bad arguments, unsafe output path, unreadable checkpoint, missing backbone weights).
@@ -18,6 +19,17 @@ from nrp_lightning.tiling import parse_memory
 
 BACKBONE_LAYERS = {"vgg16": 16, "vgg19": 18, "mobilenet_v2": 7}  # default cut: relu3_3-like depth
 TIMM_DEFAULT_INDEX = 2
+IMAGENET_CLASSES = 1000  # --target is an ImageNet-1k index
+# nrp-attack's transfer attacks (builders in attacks/transfer.py): one-line help, whether --steps
+# applies, and whether the attack draws random numbers (then --seed applies).
+TRANSFER_ATTACKS: dict[str, tuple[str, bool, bool]] = {
+    "fgsm": ("FGSM: one signed-gradient step of eps (Goodfellow et al. 2015)", False, False),
+    "rfgsm": ("R-FGSM: a random signed step of eps/2, then a gradient step of eps/2 (Tramer et al. 2018)",
+              False, True),
+    "ifgsm": ("I-FGSM: STEPS signed-gradient steps of eps/STEPS (Kurakin et al. 2017)", True, False),
+    "mifgsm": ("MI-FGSM: I-FGSM with momentum 1.0 on L1-normalized gradients (Dong et al. 2018)", True, False),
+    "dim": ("DIM: MI-FGSM on inputs randomly resized and padded with probability 0.5 (Xie et al. 2019)", True, True),
+}
 
 
 def _device(name: str) -> torch.device:
@@ -33,7 +45,7 @@ def _memory(text: str | None) -> int | None:
     return None if text is None else parse_memory(text)
 
 
-def _add_folder_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_folder_arguments(parser: argparse.ArgumentParser, *, seed: bool = True, max_memory: bool = True) -> None:
     parser.add_argument("input", help="an image file or a folder of images (searched recursively)")
     parser.add_argument("output", help="output folder (mirrors INPUT's structure; PNG files), or a .png "
                                        "file for a single input; must not be inside INPUT")
@@ -41,9 +53,11 @@ def _add_folder_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="images of equal size per batch (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: skip "
                                                                  "them, which resumes an interrupted run)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random noise (default 0)")
-    parser.add_argument("--max-memory", metavar="SIZE", help="memory budget for one batch, e.g. 4G or 512M; "
-                        "larger images are processed in overlapping tiles (default: half the free memory)")
+    if seed:
+        parser.add_argument("--seed", type=int, default=0, help="seed of the random noise (default 0)")
+    if max_memory:
+        parser.add_argument("--max-memory", metavar="SIZE", help="memory budget for one batch, e.g. 4G or 512M; "
+                            "larger images are processed in overlapping tiles (default: half the free memory)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -143,13 +157,18 @@ def attack_parser() -> argparse.ArgumentParser:
         prog="nrp-attack",
         description="Craft adversarial images over a folder (or one file) and write lossless PNGs, with the "
                     "same file safety rules as nrp-purify. Budgets are in pixel units (eps 16 = 16/255). "
-                    "Exit code 0: all done, 1: some images failed, 2: usage error.")
+                    "Exit code 0: all done, 1: some images failed, 2: usage error. "
+                    "'nrp-attack ATTACK --help' describes each attack's options.")
     commands = parser.add_subparsers(dest="attack", required=True, metavar="ATTACK")
     ssp = commands.add_parser(
         "ssp", help="Self-supervised perturbation (label-free feature distortion, Alg. 1)",
         description="SSP (Alg. 1): maximize the distance between the backbone features of x' and x with "
-                    "sign-gradient steps inside the l_inf ball, from a Gaussian random start (the authors' "
-                    "ssp.py, batched). Images larger than the memory budget are attacked in overlapping tiles.",
+                    "sign-gradient steps inside the l_inf ball, from the random start x + N(0,1). As in the "
+                    "authors' ssp.py: the update, projection, eps 16, step 0.01 (2.55/255), MSE on VGG16 "
+                    "relu3_3 features. Unlike it: their start is the noise itself (not x + noise), they always "
+                    "run 100 steps whatever --iters says (here --steps counts) and resize/crop to 224 px (here "
+                    "images keep their size). Images larger than the memory budget are attacked in overlapping "
+                    "tiles.",
         epilog="example: nrp-attack ssp photos/ adversarial/ --eps 16 --steps 100 --backbone mobilenet_v2")
     _add_folder_arguments(ssp)
     ssp.add_argument("--eps", type=float, default=16.0, help="l_inf budget in pixel units (default 16 = 16/255)")
@@ -163,7 +182,38 @@ def attack_parser() -> argparse.ArgumentParser:
                                        "cache, offline packages, then download)")
     ssp.add_argument("--distance", choices=("mse", "mae", "cosine"), default="mse", help="feature distance "
                                                                                         "(default mse, as ssp.py)")
+    for name, (summary, has_steps, random) in TRANSFER_ATTACKS.items():
+        _add_transfer_parser(commands, name, summary, has_steps, random)
     return parser
+
+
+def _add_transfer_parser(commands, name: str, summary: str, has_steps: bool, random: bool) -> None:
+    sub = commands.add_parser(
+        name, help=summary.split(":")[0] + " transfer attack on a classifier (--source), targeted or not",
+        description=f"{summary}, crafted on the --source classifier inside the l_inf ball of --eps. Untargeted, "
+                    "it raises the cross-entropy of the source's own clean prediction; with --target it lowers "
+                    "that of the target class. Images are attacked at their own size (the classifier resizes "
+                    "its input to its input size).",
+        epilog=f"example: nrp-attack {name} photos/ adversarial/ --source mobilenet_v2 --eps 16 --target 919")
+    _add_folder_arguments(sub, seed=random, max_memory=False)
+    sub.add_argument("--source", required=True, metavar="NAME",
+                     help="classifier the attack is crafted on, by the names eval.py takes: mobilenet_v2, "
+                          "efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 (weights ship offline), the "
+                          "paper's models (inc_v3, inc_v4, incres_v2, res_152, vgg19, adv_inc_v3, incres_v2_ens), "
+                          "tv:ARCH (torchvision) or timm:NAME (both download weights: need internet or a filled "
+                          "cache); NAME,NAME,... attacks the ensemble (averaged logits)")
+    sub.add_argument("--eps", type=float, default=16.0, help="l_inf budget in pixel units (default 16 = 16/255)")
+    if has_steps:
+        sub.add_argument("--steps", type=int, default=10, help="gradient steps, each of eps/STEPS (default 10)")
+    sub.add_argument("--ti", action="store_true", help="translation-invariant variant (Dong et al. 2019): smooth "
+                                                       "every gradient with a 15x15 Gaussian kernel first")
+    sub.add_argument("--target", type=int, metavar="CLASS", help="targeted attack: make the source predict "
+                     "ImageNet class CLASS (0-999, e.g. 919 street sign) by lowering its cross-entropy "
+                     "(default: untargeted)")
+    sub.add_argument("--through-purifier", metavar="CKPT", help="attack purifier + source end to end: gradients "
+                     "flow through the purifier (any checkpoint nrp-purify takes), as in the authors' bypass_nrp.py. "
+                     "The purifier runs at each image's full size, so memory grows with the image: crop or resize "
+                     "large photos first")
 
 
 def build_backbone(name: str, layer: int | None, weights: str | None) -> torch.nn.Module:
@@ -177,8 +227,25 @@ def build_backbone(name: str, layer: int | None, weights: str | None) -> torch.n
     return getattr(features, name)(layer=BACKBONE_LAYERS[name] if layer is None else layer, weights_path=weights)
 
 
-def _attack_batch(features, images: torch.Tensor, *, device: torch.device, generator: torch.Generator,
-                  max_memory: int | None, eps: float, step_size: float, steps: int, distance: str) -> torch.Tensor:
+def build_source(name: str, purifier: str | None = None) -> torch.nn.Module:
+    """The classifier ``--source NAME`` names (``models.classifiers.load_classifier``; ``timm:`` prefixes
+    are dropped, a comma-separated list is an ``Ensemble``), behind the purifier file ``purifier``
+    if one is given. Takes ``(B,3,H,W)`` in [0,1], returns logits; frozen."""
+    from nrp_lightning.models.classifiers import ensemble, load_classifier
+
+    names = [n.strip().removeprefix("timm:") for n in name.split(",")]
+    model = load_classifier(names[0]) if len(names) == 1 else ensemble(names)
+    if purifier is None:
+        return model
+    from nrp_lightning.attacks.adaptive import Defended
+    from nrp_lightning.defenses.nrp import NRPDefense
+    from nrp_lightning.purify import load_purifier
+
+    return Defended(model, NRPDefense(load_purifier(purifier)))
+
+
+def _ssp_batch(features, images: torch.Tensor, *, device: torch.device, generator: torch.Generator,
+               max_memory: int | None, eps: float, step_size: float, steps: int, distance: str) -> torch.Tensor:
     from nrp_lightning.attacks.ssp import ssp
     from nrp_lightning.tiling import attack_tiled
 
@@ -187,13 +254,28 @@ def _attack_batch(features, images: torch.Tensor, *, device: torch.device, gener
     return attack_tiled(attack, features, images.to(device), max_memory).cpu()
 
 
-def attack_main(argv: Sequence[str] | None = None) -> int:
-    """``nrp-attack ssp INPUT OUTPUT --eps 16 --steps 100 ...``."""
-    from nrp_lightning.weights import WeightsNotFoundError
+def _transfer_batch(attack, model: torch.nn.Module, images: torch.Tensor, *, device: torch.device,
+                    target: int | None, generator: torch.Generator) -> torch.Tensor:
+    from nrp_lightning.attacks.transfer import untargeted_labels
 
+    x = images.to(device)
+    y = untargeted_labels(model, x) if target is None else torch.full((len(x),), target, device=device)
+    return attack(x, y, model, generator).cpu()
+
+
+def attack_main(argv: Sequence[str] | None = None) -> int:
+    """``nrp-attack ssp INPUT OUTPUT --eps 16 --steps 100 ...`` and
+    ``nrp-attack fgsm|rfgsm|ifgsm|mifgsm|dim INPUT OUTPUT --source NAME --eps 16 ...``."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = attack_parser()
     args = parser.parse_args(argv)
+    run = _ssp_main if args.attack == "ssp" else _transfer_main
+    return run(args, parser)
+
+
+def _ssp_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from nrp_lightning.weights import WeightsNotFoundError
+
     try:
         if min(args.eps, args.step_size) < 0 or args.steps < 0:
             raise UsageError("--eps, --step-size and --steps must be >= 0")
@@ -211,9 +293,42 @@ def attack_main(argv: Sequence[str] | None = None) -> int:
     print(f"SSP on {features.name}, eps {args.eps:g}/255, {args.steps} steps of {args.step_size:g}/255, "
           f"{args.distance}, on {device}; {len(jobs)} images", file=sys.stderr)
     generator = torch.Generator(device).manual_seed(args.seed)
-    fn = partial(_attack_batch, features, device=device, generator=generator, max_memory=max_memory, eps=args.eps,
+    fn = partial(_ssp_batch, features, device=device, generator=generator, max_memory=max_memory, eps=args.eps,
                  step_size=args.step_size, steps=args.steps, distance=args.distance)
     summary = run_jobs(jobs, fn, args.batch_size, args.overwrite, desc="ssp", progress=not args.no_progress)
+    return _finish(summary)
+
+
+def _transfer_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from nrp_lightning.attacks import transfer
+    from nrp_lightning.purify import PurifierLoadError
+    from nrp_lightning.weights import WeightsNotFoundError
+
+    steps = getattr(args, "steps", None)
+    try:
+        if args.eps < 0 or (steps is not None and steps < 1):
+            raise UsageError("--eps must be >= 0 and --steps >= 1")
+        if args.target is not None and not 0 <= args.target < IMAGENET_CLASSES:
+            raise UsageError(f"--target must be an ImageNet class index, 0 to {IMAGENET_CLASSES - 1}; got {args.target}")
+        if args.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+        device = _device(args.device)
+        jobs = plan_jobs(args.input, args.output)
+        model = build_source(args.source, args.through_purifier).to(device)
+        options = {"steps": steps} if steps is not None else {}
+        attack = getattr(transfer, args.attack)(eps=args.eps, ti=args.ti, targeted=args.target is not None, **options)
+    except WeightsNotFoundError as exc:
+        parser.error(f"source {args.source}: {exc}\n(offline, --source mobilenet_v2 or efficientnet_lite0..2 work "
+                     "with their weight packages)")
+    except (UsageError, PurifierLoadError, ValueError, RuntimeError) as exc:
+        parser.error(str(exc))
+    goal = f"targeted at class {args.target}" if attack.targeted else "untargeted"
+    through = f" through {model.defense.purifier.spec}" if args.through_purifier else ""
+    print(f"{attack.name}, {goal}, on {args.source}{through}, eps {args.eps:g}/255, {attack.steps} steps, on {device}; "
+          f"{len(jobs)} images", file=sys.stderr)
+    generator = torch.Generator().manual_seed(getattr(args, "seed", 0))
+    fn = partial(_transfer_batch, attack, model, device=device, target=args.target, generator=generator)
+    summary = run_jobs(jobs, fn, args.batch_size, args.overwrite, desc=args.attack, progress=not args.no_progress)
     return _finish(summary)
 
 

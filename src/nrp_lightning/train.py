@@ -12,9 +12,11 @@ import sys
 import warnings
 import zipfile
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 import pytorch_lightning as pl
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from nrp_lightning.config import conf_dir, register_resolvers
@@ -74,29 +76,56 @@ def is_complete_checkpoint(path: Path) -> bool:
         return False
 
 
+def checkpoints_in(run_dir: str | os.PathLike) -> list[Path]:
+    """The ``*.ckpt`` files of ``run_dir/checkpoints``, newest first (``[]`` when there are none)."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    return sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if ckpt_dir.is_dir() else []
+
+
+def refuse_fresh_run_over_checkpoints(cfg: DictConfig, run_dir: str | os.PathLike) -> None:
+    """A fresh run (neither ``resume`` nor ``ckpt_path``) in a folder that already holds checkpoints
+    is refused with ``RunExistsError``, so nothing is overwritten by accident."""
+    if not cfg.resume and not cfg.ckpt_path and checkpoints_in(run_dir):
+        raise RunExistsError(
+            f"{Path(run_dir) / 'checkpoints'} already holds checkpoints of an earlier run. Add resume=true to "
+            f"continue it, or run_name=<new name> to start another run beside it.")
+
+
+class RefuseFreshRunOverCheckpoints(Callback):
+    """Hydra callback (``conf/hydra/default.yaml``): the same refusal, before Hydra writes this run's
+    ``.hydra/`` config into the folder (it would replace the earlier run's), as one line on stderr
+    and exit status 2 rather than a traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            refuse_fresh_run_over_checkpoints(config, config.hydra.run.dir)
+        except RunExistsError as exc:
+            exit_refused(exc)
+
+
+def exit_refused(exc: RunExistsError) -> NoReturn:
+    """The refusal as one line on stderr, then exit status 2 (a usage error, as in the other commands)."""
+    print(f"refused: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+
 def find_resume_checkpoint(cfg: DictConfig) -> str | None:
     """The checkpoint to continue from: ``ckpt_path`` if given; with ``resume=true`` the newest
-    intact checkpoint of the run folder; ``None`` for a fresh run. A fresh run in a folder that
-    already holds checkpoints is refused, so nothing is overwritten by accident."""
+    intact checkpoint of the run folder; ``None`` for a fresh run (refused where checkpoints exist)."""
     if cfg.ckpt_path:
         path = Path(cfg.ckpt_path)
         if not path.is_file():
             raise FileNotFoundError(f"ckpt_path={path} does not exist")
         return str(path)
-    ckpt_dir = Path(cfg.paths.run_dir) / "checkpoints"
-    found = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if ckpt_dir.is_dir() else []
+    refuse_fresh_run_over_checkpoints(cfg, cfg.paths.run_dir)
     if not cfg.resume:
-        if found:
-            raise RunExistsError(
-                f"{ckpt_dir} already holds checkpoints of an earlier run. Add resume=true to continue it, "
-                f"or run_name=<new name> to start another run beside it.")
         return None
-    for path in found:
+    for path in checkpoints_in(cfg.paths.run_dir):
         if is_complete_checkpoint(path):
             log.info("resuming from %s", path)
             return str(path)
         log.warning("ignoring torn checkpoint %s", path)
-    log.warning("resume=true but no checkpoint in %s: starting a fresh run", ckpt_dir)
+    log.warning("resume=true but no checkpoint in %s: starting a fresh run", Path(cfg.paths.run_dir) / "checkpoints")
     return None
 
 
@@ -161,7 +190,10 @@ def train(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
 def main(cfg: DictConfig) -> None:
     """nrp-train: train an NRP purifier (Algorithm 2). Hydra overrides, e.g. experiment=demo steps=50."""
-    train(cfg)
+    try:
+        train(cfg)
+    except RunExistsError as exc:  # a multirun job (single runs are refused earlier, by the callback)
+        exit_refused(exc)
 
 
 register_resolvers()

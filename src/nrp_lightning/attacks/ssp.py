@@ -2,6 +2,22 @@
 
 ``x' = R(x)``, then ``T`` times: ``x' <- Proj(x' + kappa * sign(grad_x' d(F(x'), F(x))))`` where
 ``Proj`` clips to the l_inf ball of radius ``eps`` around ``x`` and to [0, 1].
+
+Against the authors' released ``ssp.py``. The same: that update and projection (ball, then
+[0, 1]), the defaults eps 16/255 and kappa 0.01 (2.55/255), the MSE distance on ImageNet-normalized
+VGG16 features to relu3_3 (``features[:16]``, ``nrp-attack ssp``'s default backbone) and 8-bit PNG
+output. Different: (1) the start. Theirs is ``torch.randn(x.shape)`` itself, not ``x`` plus noise:
+the first gradient is taken at that noise, and the first projection puts nearly every pixel on the
+edge of the ball, at ``x - eps`` more often than at ``x + eps``, the more so the brighter the pixel
+(at x = 0.5 and eps 16/255: 67% against 29%). Ours is ``x + N(0, 1)`` projected into the ball
+before the first gradient: nearly every pixel on the edge too, both edges equally likely. (2) The steps: their loop runs 100 steps whatever ``--iters``
+says; ours runs ``steps``. (3) Their images are resized to 256 px and centre-cropped to 224 px
+first; ``nrp-attack ssp`` attacks them at their own size (in tiles beyond the memory budget).
+
+R must be random: at ``x' = x`` the feature distance is at its minimum and its gradient is zero
+(exactly for ``mse`` and ``mae``; for ``cosine`` only float rounding noise of about 1e-9, which
+``sign`` would turn into full steps in arbitrary directions), so SSP from ``x`` never moves.
+A start at ``x`` (``start="none"``) is therefore refused.
 """
 from __future__ import annotations
 
@@ -12,7 +28,15 @@ from torch import nn
 
 from nrp_lightning.losses import feature_distance
 
-RANDOM_STARTS = ("normal", "uniform", "none")
+RANDOM_STARTS = ("normal", "uniform")
+
+
+def check_start(kind: str) -> None:
+    """``ValueError`` unless ``kind`` is one of ``RANDOM_STARTS``, saying why there is no start at ``x``."""
+    if kind not in RANDOM_STARTS:
+        why = ("; SSP cannot start at x itself: there the feature distance is at its minimum and its gradient "
+               "is zero, so x' would never move" if kind in ("none", None) else "")
+        raise ValueError(f"SSP start must be one of {RANDOM_STARTS}, got {kind!r}{why}")
 
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -21,16 +45,14 @@ def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tens
 
 
 def random_start(x: torch.Tensor, eps: float, kind: str = "normal", generator: torch.Generator | None = None) -> torch.Tensor:
-    """R(x): ``normal`` adds N(0, 1) noise (the authors' script) and ``uniform`` U(-eps, eps) noise,
-    each projected into the ball; ``none`` starts at ``x``."""
-    if kind == "none":
-        return x.clone()
+    """R(x), projected into the ball: ``normal`` is ``x + N(0, 1)`` (unit std in [0, 1] units, so
+    nearly every pixel lands on the ball's edge; the authors start from the noise itself, see the
+    module docstring), ``uniform`` is ``x + U(-eps, eps)``. ``eps`` in [0, 1] units."""
+    check_start(kind)
     if kind == "normal":
         noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-    elif kind == "uniform":
-        noise = (torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator) * 2 - 1) * eps
     else:
-        raise ValueError(f"random_start must be one of {RANDOM_STARTS}, got {kind!r}")
+        noise = (torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator) * 2 - 1) * eps
     return project_linf(x + noise, x, eps)
 
 
@@ -53,12 +75,13 @@ def ssp(
         step_size: kappa in pixel units (/255); the authors' 0.01 is 2.55.
         steps: T, the number of sign-gradient steps.
         distance: ``mse`` (authors' attack), ``mae`` or ``cosine``.
-        start: random start R: ``normal``, ``uniform`` or ``none``.
+        start: random start R: ``normal`` or ``uniform`` (``ValueError`` otherwise; no start at ``x``).
     Returns:
         ``x'`` of the same shape, detached, with ``|x' - x|_inf <= eps/255`` and values in [0, 1].
     """
     if eps < 0 or step_size < 0 or steps < 0:
         raise ValueError(f"SSP needs eps, step_size, steps >= 0, got {eps}, {step_size}, {steps}")
+    check_start(start)
     x = x.detach()
     eps_01, kappa = eps / 255.0, step_size / 255.0
     with torch.no_grad():
@@ -86,8 +109,7 @@ class SSP:
     def __post_init__(self) -> None:
         if self.eps < 0 or self.step_size < 0 or self.steps < 0:
             raise ValueError(f"SSP needs eps, step_size, steps >= 0 (pixel units), got {self.eps}, {self.step_size}, {self.steps}")
-        if self.start not in RANDOM_STARTS:
-            raise ValueError(f"SSP start must be one of {RANDOM_STARTS}, got {self.start!r}")
+        check_start(self.start)
         feature_distance(torch.zeros(1, 1), torch.zeros(1, 1), self.distance)  # validates the name early
 
     def __call__(self, x: torch.Tensor, features: nn.Module, generator: torch.Generator | None = None) -> torch.Tensor:

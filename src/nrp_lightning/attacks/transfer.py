@@ -13,8 +13,10 @@ One loop covers the family; the named builders set the defaults of each paper:
 * TI (Dong et al. 2019): the gradient is convolved with a 15x15 Gaussian kernel (nsig = 3) before
   the sign / momentum; ``ti=True`` on any builder gives FGSM-TI, MI-FGSM-TI, DIM-TI.
 
-All attacks are untargeted: they raise the cross-entropy of label ``y`` (the true label, or the
-source model's own clean prediction when no label exists, see ``untargeted_labels``).
+Untargeted (the default), an attack raises the cross-entropy of label ``y`` (the true label, or the
+source model's own clean prediction when no label exists, see ``untargeted_labels``). With
+``targeted=True`` (any builder), ``y`` holds the target classes and the attack lowers their
+cross-entropy instead: the same loop on the negated loss.
 Images are ``(B,3,H,W)`` in [0,1]; budgets and step sizes are in pixel units (/255).
 """
 from __future__ import annotations
@@ -87,6 +89,7 @@ class GradientAttack:
         random_init: R-FGSM's alpha (/255): start at ``x + alpha*sign(N(0,1))``; 0 = start at x.
         eot_samples: gradients averaged per step over this many forward passes (EOT), for models
             or defences with randomness.
+        targeted: ``y`` are target classes: descend their cross-entropy instead of ascending it.
     """
 
     name: str = "I-FGSM"
@@ -100,6 +103,7 @@ class GradientAttack:
     ti_nsig: float = TI_NSIG
     random_init: float = 0.0
     eot_samples: int = 1
+    targeted: bool = False
 
     def __post_init__(self) -> None:
         if self.eps < 0 or self.steps < 1 or self.eot_samples < 1:
@@ -118,12 +122,15 @@ class GradientAttack:
 
     def gradient(self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """d CE(model(T(x_adv)), y) / d x_adv, averaged over ``eot_samples`` draws, TI-smoothed."""
+        """d CE(model(T(x_adv)), y) / d x_adv (of -CE when targeted), averaged over ``eot_samples``
+        draws, TI-smoothed: the direction the attack steps in."""
         x_adv = x_adv.detach().requires_grad_(True)
         total = torch.zeros_like(x_adv)
         for _ in range(self.eot_samples):
             x_in = input_diversity(x_adv, self.diversity_prob, self.diversity_ratio, generator)
             loss = F.cross_entropy(model(x_in), y, reduction="sum")
+            if self.targeted:
+                loss = -loss
             (grad,) = torch.autograd.grad(loss, x_adv)
             total += grad
         grad = total / self.eot_samples
@@ -133,14 +140,16 @@ class GradientAttack:
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Adversarial ``(B,3,H,W)`` in [0,1] with ``|x_adv - x|_inf <= eps/255``, detached.
 
-        ``x``: clean images ``(B,3,H,W)`` in [0,1]; ``y``: labels ``(B,)`` to move away from;
-        ``model``: source classifier taking [0,1] inputs (a ``Classifier`` or ``Ensemble``)."""
+        ``x``: clean images ``(B,3,H,W)`` in [0,1]; ``y``: labels ``(B,)`` to move away from, or the
+        target classes to move towards when ``targeted``; ``model``: source classifier taking [0,1]
+        inputs (a ``Classifier`` or ``Ensemble``). ``generator`` (a CPU one) seeds R-FGSM's random
+        start and DIM's transforms, the same on any device."""
         x = x.detach()
         eps = self.eps / 255.0
         step = (self.step_size if self.step_size is not None else self.eps / self.steps) / 255.0
         x_adv = x.clone()
         if self.random_init:
-            noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+            noise = torch.randn(x.shape, dtype=x.dtype, generator=generator).to(x.device)
             x_adv = project_linf(x + self.random_init / 255.0 * noise.sign(), x, eps)
         momentum = torch.zeros_like(x)
         for _ in range(self.steps):
