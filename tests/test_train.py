@@ -14,7 +14,7 @@ from nrp_lightning.train import RunExistsError, build_module, is_complete_checkp
 
 ROOT = Path(__file__).resolve().parents[1]
 # A tiny but complete run: real photos, real SSP, real RRDB purifier and VGG critic.
-TINY = ["experiment=demo", "model.nf=8", "model.nb=1", "model.gc=4", "critic.nf=4", "critic.fc_dim=8",
+TINY = ["experiment=demo", "init_purifier=null", "model.nf=8", "model.nb=1", "model.gc=4", "critic.nf=4", "critic.fc_dim=8",
         "data.crop_size=32", "data.batch_size=2", "data.val_crops=2", "data.source.names=[astronaut,chelsea,coffee]",
         "data.val_images=1", "attack.steps=2", "backbone.layer=4"]
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))

@@ -18,7 +18,7 @@ COMMON = ("backbone.pretrained=false",)
 SMALL_STEP = ("experiment=demo",) + COMMON
 # The paper's step (conf/experiment/nrp_full.yaml) on the embedded photos instead of COCO.
 FULL_STEP = ("experiment=nrp_full", "data=embedded") + COMMON  # variants set module.channels_last
-TINY_STEP = ("experiment=demo", "model.nf=8", "model.nb=1", "model.gc=4", "critic.nf=4", "critic.fc_dim=8",
+TINY_STEP = ("experiment=demo", "init_purifier=null", "model.nf=8", "model.nb=1", "model.gc=4", "critic.nf=4", "critic.fc_dim=8",
              "attack.steps=2", "backbone.layer=4", "data.source.names=[astronaut,chelsea,coffee]",
              "data.val_images=1") + COMMON
 

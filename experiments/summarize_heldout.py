@@ -1,0 +1,61 @@
+"""Compact markdown tables of an evaluation run for docs/reproduction.md: per victim, each
+defence's clean PSNR, the share of clean top-1 predictions it changes (all images and the
+confident subset) and the success of every transfer attack behind it, with 95% Wilson intervals.
+
+    python experiments/summarize_heldout.py outputs/eval/heldout [--victims efficientnet_lite0 ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from nrp_lightning.evaluation.metrics import successes, wilson_interval
+
+
+def rate(percent: float | None, n: int | None) -> str:
+    if percent is None or not n:
+        return "-"
+    lo, hi = wilson_interval(successes(percent, n), n)
+    return f"{percent:.0f} [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def table(rows: list[dict], victim: str, defenses: list[str]) -> str:
+    fidelity = {r["defense"]: r for r in rows if r["kind"] == "fidelity"}
+    clean = {r["defense"]: r for r in rows if r["kind"] == "clean" and r["victim"] == victim}
+    attacks = sorted({(r["attack"], r["source"]) for r in rows if r["kind"] == "transfer" and r["victim"] == victim},
+                     key=lambda a: (a[0] != "MI-FGSM", a[0] != "DIM", a))
+    hit = {(r["attack"], r["source"], r["defense"]): r for r in rows if r["kind"] == "transfer" and r["victim"] == victim}
+    n_conf = next((r["n_confident"] for r in clean.values()), 0)
+    header = ["defence", "PSNR(D(x), x) dB", "clean changed %", f"changed, confident ({n_conf}) %",
+              *[f"{a} from {s} %" for a, s in attacks]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for d in defenses:
+        if d not in clean:
+            continue
+        c = clean[d]
+        psnr = "∞" if d == "none" else (f"{fidelity[d]['psnr_mean']:.1f}" if d in fidelity else "-")
+        cells = [d, psnr, rate(c.get("changed", c["success_rate"]), c["n"]),
+                 rate(c.get("changed_confident"), c.get("n_confident"))]
+        for a, s in attacks:
+            r = hit.get((a, s, d))
+            cells.append(rate(r["success_rate"], r["n"]) if r else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="an evaluation run folder (holds results.jsonl)")
+    parser.add_argument("--victims", nargs="+", default=["efficientnet_lite0", "efficientnet_lite1",
+                                                          "efficientnet_lite2", "mobilenet_v2"])
+    parser.add_argument("--defenses", nargs="+", default=["none", "JPEG90", "JPEG", "JPEG50", "JPEG30", "Median", "R&P",
+                                                           "TVM", "BitDepth", "Blur", "NRP", "NRP_dynamic"])
+    args = parser.parse_args()
+    rows = [json.loads(line) for line in (args.run / "results.jsonl").read_text().splitlines() if line.strip()]
+    for victim in args.victims:
+        print(f"\n#### {victim}\n\n{table(rows, victim, args.defenses)}")
+
+
+if __name__ == "__main__":
+    main()
