@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from nrp_lightning.evaluation.metrics import successes, wilson_interval
+from nrp_lightning.evaluation.plots import save_figure
 
 
 def load_rows(run: Path) -> list[dict]:
@@ -56,11 +57,7 @@ def plot(rows: list[dict], victims: list[str], attack: str, source: str, out: Pa
         ax.set(xlabel="clean top-1 changed by the defence (%)", ylabel=f"{attack} success (%)",
                title=f"{attack} from {source} -> {victim}", xlim=(-3, 103), ylim=(-3, 103))
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def main() -> None:

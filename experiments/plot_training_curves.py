@@ -13,6 +13,8 @@ import argparse
 import csv
 from pathlib import Path
 
+from nrp_lightning.evaluation.plots import save_figure
+
 PANELS = (
     ("L_feat (MAE in F)", ["train/loss_feat"]),
     ("L_img", ["train/loss_img"]),
@@ -68,11 +70,7 @@ def plot(run: Path, out: Path, smooth: int = 10) -> Path:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(f"training curves: {run}")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def main() -> None:

@@ -41,10 +41,18 @@ def plot_accuracy_vs_eps(rows: list[dict], grid: Grid, path: Path) -> Path | Non
         ax.set(xlabel="eps (/255)", ylabel="top-1 (%)", title=f"{grid.sweep_attack} from {source} -> {victim}", ylim=(0, 101))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return save_figure(fig, path, dpi=120)
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure; returns ``path``."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
-    return path
+    return Path(path)
 
 
 def labelled_grid(rows: dict[str, torch.Tensor], columns: list[str], pad: int = 2) -> Image.Image:
