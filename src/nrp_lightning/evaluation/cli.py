@@ -33,6 +33,8 @@ from nrp_lightning.evaluation.tables import write_reports
 
 log = logging.getLogger(__name__)
 
+GROUPS = ("sources", "victims", "attacks", "defenses", "adaptive")  # groups of named entries, table label -> object
+
 USAGE = ("Usage: nrp-eval experiment={offline,table1,table3,table5,fig4,fig5} [key=value ...]  "
          "(Hydra; `nrp-eval --cfg job` prints the composed config)\n"
          "       nrp-eval tasks tasks={table4,table2_detection,table2_segmentation} [key=value ...]  "
@@ -54,10 +56,22 @@ def defenses_from_config(node: DictConfig | None) -> dict[str, Defense]:
     return defenses
 
 
+def check_entries(cfg: DictConfig) -> None:
+    """Fail before any work where an entry of a group has no ``_target_``: a preset tuned it (the
+    offline preset sets ``adaptive.BPDA.eot_samples``) while the chosen option left it out
+    (``adaptive=none``), so only the tuned keys remain."""
+    for group in GROUPS:
+        for key, spec in (cfg[group] or {}).items():
+            if spec is not None and "_target_" not in spec:
+                raise ValueError(f"{group}.{key} has no _target_, only {OmegaConf.to_container(spec)}: a preset tunes "
+                                 f"it but the chosen {group} option does not define it; drop it with ~{group}.{key}")
+
+
 def grid_from_config(cfg: DictConfig) -> Grid:
     """Instantiate ``Grid`` from the composed ``conf/evaluation/eval.yaml``."""
     from hydra.utils import instantiate
 
+    check_entries(cfg)
     built = {k: instantiate(cfg[k], _convert_="all") for k in ("data", "sources", "attacks", "victims", "adaptive")}
     return Grid(data=built["data"], sources=dict(built["sources"] or {}), attacks=dict(built["attacks"]),
                 defenses=defenses_from_config(cfg.defenses), victims=dict(built["victims"]),
