@@ -10,9 +10,8 @@ it, write the reports.
 Outputs in the run folder: ``results.jsonl`` (every scored cell, resumable), ``results.csv``,
 ``report.md`` (tables laid out like Table 1, Table 5 and Table 3, the adaptive-attack table, the
 clean-image cost of each defence and each defended victim's confident subset, every rate with its
-95% Wilson interval),
-``accuracy_vs_eps.png``, ``samples.png`` (clean / adversarial / defended), and W&B tables and
-images when a logger is on.
+95% Wilson interval), ``accuracy_vs_eps.png``, ``samples.png`` (clean / adversarial / defended,
+labelled), and W&B tables and images when a logger is on.
 """
 from __future__ import annotations
 
