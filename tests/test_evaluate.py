@@ -258,3 +258,11 @@ def test_rows_of_older_runs_report_a_dash_then_gain_the_new_fields_without_craft
     rows = run_grid(grid, tmp_path / "out", tmp_path / "cache", progress=False)
     assert counter["calls"] == 0  # rescored from the cached adversarials
     assert all("n_confident" in r for r in rows if r["kind"] != "fidelity") and any(r["kind"] == "fidelity" for r in rows)
+
+
+def test_an_entry_a_preset_tunes_but_the_chosen_option_drops_fails_before_any_work():
+    from nrp_lightning.evaluation.cli import check_entries
+
+    check_entries(compose(["experiment=offline", "~adaptive.BPDA"], config_name="eval"))
+    with pytest.raises(ValueError, match=r"adaptive.BPDA has no _target_.*drop it with ~adaptive.BPDA"):
+        check_entries(compose(["experiment=offline", "adaptive=none"], config_name="eval"))

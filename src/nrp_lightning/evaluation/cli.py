@@ -10,9 +10,8 @@ it, write the reports.
 Outputs in the run folder: ``results.jsonl`` (every scored cell, resumable), ``results.csv``,
 ``report.md`` (tables laid out like Table 1, Table 5 and Table 3, the adaptive-attack table, the
 clean-image cost of each defence and each defended victim's confident subset, every rate with its
-95% Wilson interval),
-``accuracy_vs_eps.png``, ``samples.png`` (clean / adversarial / defended), and W&B tables and
-images when a logger is on.
+95% Wilson interval), ``accuracy_vs_eps.png``, ``samples.png`` (clean / adversarial / defended,
+labelled), and W&B tables and images when a logger is on.
 """
 from __future__ import annotations
 
@@ -32,6 +31,8 @@ from nrp_lightning.evaluation.plots import log_to_wandb
 from nrp_lightning.evaluation.tables import write_reports
 
 log = logging.getLogger(__name__)
+
+GROUPS = ("sources", "victims", "attacks", "defenses", "adaptive")  # groups of named entries, table label -> object
 
 USAGE = ("Usage: nrp-eval experiment={offline,table1,table3,table5,fig4,fig5} [key=value ...]  "
          "(Hydra; `nrp-eval --cfg job` prints the composed config)\n"
@@ -54,10 +55,22 @@ def defenses_from_config(node: DictConfig | None) -> dict[str, Defense]:
     return defenses
 
 
+def check_entries(cfg: DictConfig) -> None:
+    """Fail before any work where an entry of a group has no ``_target_``: a preset tuned it (the
+    offline preset sets ``adaptive.BPDA.eot_samples``) while the chosen option left it out
+    (``adaptive=none``), so only the tuned keys remain."""
+    for group in GROUPS:
+        for key, spec in (cfg[group] or {}).items():
+            if spec is not None and "_target_" not in spec:
+                raise ValueError(f"{group}.{key} has no _target_, only {OmegaConf.to_container(spec)}: a preset tunes "
+                                 f"it but the chosen {group} option does not define it; drop it with ~{group}.{key}")
+
+
 def grid_from_config(cfg: DictConfig) -> Grid:
     """Instantiate ``Grid`` from the composed ``conf/evaluation/eval.yaml``."""
     from hydra.utils import instantiate
 
+    check_entries(cfg)
     built = {k: instantiate(cfg[k], _convert_="all") for k in ("data", "sources", "attacks", "victims", "adaptive")}
     return Grid(data=built["data"], sources=dict(built["sources"] or {}), attacks=dict(built["attacks"]),
                 defenses=defenses_from_config(cfg.defenses), victims=dict(built["victims"]),
