@@ -191,7 +191,7 @@ def _add_transfer_parser(commands, name: str, summary: str, has_steps: bool, ran
     sub = commands.add_parser(
         name, help=summary.split(":")[0] + " transfer attack on a classifier (--source), targeted or not",
         description=f"{summary}, crafted on the --source classifier inside the l_inf ball of --eps. Untargeted, "
-                    "it raises the cross-entropy of the source's own clean prediction; with --target it lowers "
+                    "it raises the cross-entropy of the attacked model's own clean prediction; with --target it lowers "
                     "that of the target class. Images are attacked at their own size (the classifier resizes "
                     "its input to its input size).",
         epilog=f"example: nrp-attack {name} photos/ adversarial/ --source mobilenet_v2 --eps 16 --target 919")
