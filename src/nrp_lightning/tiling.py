@@ -23,7 +23,8 @@ MIN_CORE = 32  # a tile must keep at least this many px of output per side beyon
 SAFETY = 1.25  # margin on the per-pixel estimate
 # Peak inference memory per pixel, in activation elements, measured with torch 2.14 on CPU (fp32,
 # no_grad, peak RSS of one forward): RRDB nf=64 gc=32 ~4.5 kB/px = 1115 elements ~ 6*(nf+4*gc);
-# ResNet nf=64 ~1.3 kB/px = 326 elements ~ 6*nf (benchmarks/purify_bench.py --calibrate re-measures).
+# ResNet nf=64 ~1.3 kB/px = 326 elements ~ 6*nf (`benchmarks/purify_bench.py photo` prints the peak RSS
+# of a tiled purification, the figure to compare against when re-measuring).
 ELEMENTS_PER_PIXEL: dict[type, Callable[[nn.Module], int]] = {
     RRDBPurifier: lambda p: 6 * (p.conv_first.out_channels + 4 * p.RRDB_trunk[0].RDB1.conv1.out_channels),
     ResNetPurifier: lambda p: 6 * p.conv_first.out_channels,
