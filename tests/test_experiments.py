@@ -145,7 +145,9 @@ def test_multinode_slurm_launcher_composes(tmp_path):
 def test_ddp_multirun_two_ablations_two_ranks(tmp_path):
     """`-m ablation=none,no_feat` with 2 CPU processes each (gloo): two job folders, no re-run
     sweep, different crops on each rank, identical parameters on both ranks; the sweep's table."""
-    env = {**os.environ, "NRP_OUTPUT_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # src/ first: the package of this checkout, not whichever one the interpreter has installed.
+    env = {**os.environ, "NRP_OUTPUT_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", *TINY, "ablation=none,no_feat", "steps=3",
            "val_every=1000", "val_attack.steps=1", "trainer.accelerator=cpu", "trainer.devices=2",
            "trainer.strategy=ddp_find_unused_parameters_true", "data.batch_size=4",
