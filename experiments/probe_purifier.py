@@ -24,6 +24,7 @@ from nrp_lightning.attacks.ssp import SSP
 from nrp_lightning.attacks.transfer import mifgsm
 from nrp_lightning.defenses import JPEG
 from nrp_lightning.eval_data import EMBEDDED_CROPS, center_square
+from nrp_lightning.evaluation.metrics import psnr_per_image
 from nrp_lightning.images import list_images, load_image
 from nrp_lightning.models.classifiers import load_classifier
 from nrp_lightning.models.features import mobilenet_v2
@@ -44,10 +45,6 @@ def predict(model, x: torch.Tensor, batch: int = 16) -> tuple[torch.Tensor, torc
     probs = torch.cat([model(x[i:i + batch]).softmax(1) for i in range(0, len(x), batch)])
     top = probs.max(1)
     return top.indices, top.values
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return -10 * torch.log10(((a - b) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10))
 
 
 def adversarial_sets(x: torch.Tensor, source, cache: Path) -> dict[str, torch.Tensor]:
@@ -74,7 +71,7 @@ def probe(defenses: dict, x: torch.Tensor, adv: dict[str, torch.Tensor], victims
     for d_name, defend in defenses.items():
         with torch.no_grad():
             dx = _batched(defend, x)
-        row = {"psnr": float(psnr(dx, x).mean())}
+        row = {"psnr": float(psnr_per_image(dx, x).mean())}
         for v, m in victims.items():
             row[f"changed_{v}"] = 100 * float((predict(m, dx)[0] != clean_pred[v][0]).float().mean())
         row["changed_confident"] = 100 * float((predict(victims[BLACK_BOX], dx)[0] != clean_pred[BLACK_BOX][0])[confident].float().mean())

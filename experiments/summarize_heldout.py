@@ -10,14 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from nrp_lightning.evaluation.metrics import successes, wilson_interval
-
-
-def rate(percent: float | None, n: int | None) -> str:
-    if percent is None or not n:
-        return "-"
-    lo, hi = wilson_interval(successes(percent, n), n)
-    return f"{percent:.0f} [{100 * lo:.0f}, {100 * hi:.0f}]"
+from nrp_lightning.evaluation.tables import md_table, rate_cell
 
 
 def table(rows: list[dict], victim: str, defenses: list[str]) -> str:
@@ -29,19 +22,16 @@ def table(rows: list[dict], victim: str, defenses: list[str]) -> str:
     n_conf = next((r["n_confident"] for r in clean.values()), 0)
     header = ["defence", "PSNR(D(x), x) dB", "clean changed %", f"changed, confident ({n_conf}) %",
               *[f"{a} from {s} %" for a, s in attacks]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = []
     for d in defenses:
         if d not in clean:
             continue
         c = clean[d]
         psnr = "∞" if d == "none" else (f"{fidelity[d]['psnr_mean']:.1f}" if d in fidelity else "-")
-        cells = [d, psnr, rate(c.get("changed", c["success_rate"]), c["n"]),
-                 rate(c.get("changed_confident"), c.get("n_confident"))]
-        for a, s in attacks:
-            r = hit.get((a, s, d))
-            cells.append(rate(r["success_rate"], r["n"]) if r else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        cells = [d, psnr, rate_cell(c, "changed"), rate_cell(c, "changed_confident")]
+        cells += [rate_cell(hit.get((a, s, d)), "success_rate") for a, s in attacks]
+        body.append(cells)
+    return md_table(header, body)
 
 
 def main() -> None:
