@@ -141,11 +141,14 @@ def test_purify_export_command(tmp_path, checkpoint, capsys):
                                purify_images(load_purifier(checkpoint), x), atol=1e-5, rtol=0)
 
 
-def test_attack_ssp_folder_offline_mobilenet(tmp_path, photos, capsys):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_attack_ssp_folder_offline_mobilenet(tmp_path, photos, capsys, schedule):
     out = tmp_path / "adv"
     code = attack_main(["ssp", str(photos), str(out), "--backbone", "mobilenet_v2", "--layer", "4", "--eps", "8",
-                        "--steps", "3", "--batch-size", "4", "--no-progress"])
-    assert code == 1 and "done: 10, skipped (output exists): 0, failed: 3" in capsys.readouterr().err
+                        "--steps", "3", "--schedule", schedule, "--batch-size", "4", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "done: 10, skipped (output exists): 0, failed: 3" in err
+    assert f"3 {schedule} steps of 2.55/255" in err
     clean, adv = load_image(photos / "sub" / "b.png"), load_image(out / "sub" / "b.png")
     linf = (adv - clean).abs().max().item()
     assert 4 / 255 < linf <= 8 / 255 + 0.5 / 255  # inside the budget (plus 8-bit rounding), and moved
@@ -174,6 +177,58 @@ def test_attack_transfer_folder_targeted_one_png_per_photo_in_budget(tmp_path, p
     clean, adv = load_image(photos / "sub" / "b.png"), load_image(out / "sub" / "b.png")
     assert 4 / 255 < (adv - clean).abs().max().item() <= 8 / 255 + 0.5 / 255
     assert attack_main(argv) == 1 and "done: 0, skipped (output exists): 10, failed: 3" in capsys.readouterr().err
+
+
+@pytest.fixture()
+def real_photos(tmp_path):
+    """Four of the embedded photos as 96 px PNGs, two in a subfolder."""
+    from nrp_lightning.eval_data import embedded
+    from nrp_lightning.images import save_png
+
+    images = embedded(size=96, crops=1, names=["astronaut", "chelsea", "coffee", "rocket"]).images
+    root = tmp_path / "real"
+    for name, x in zip(["astronaut.png", "chelsea.png", "sub/coffee.png", "sub/rocket.png"], images):
+        save_png(x, root / name)
+    return root
+
+
+def test_attack_targets_csv_gives_each_photo_its_own_target_class(tmp_path, real_photos, capsys):
+    from nrp_lightning.models.classifiers import load_classifier
+
+    wanted = {"astronaut.png": 919, "chelsea.png": 1, "sub/coffee.png": 508, "sub/rocket.png": 919}
+    csv_file = tmp_path / "targets.csv"
+    csv_file.write_text("path,target\n" + "".join(f"{k},{v}\n" for k, v in wanted.items()))
+    out = tmp_path / "adv"
+    assert attack_main(["mifgsm", str(real_photos), str(out), "--source", "mobilenet_v2", "--eps", "16",
+                        "--targets", str(csv_file), "--batch-size", "4", "--no-progress"]) == 0
+    assert f"targeted, a class per image from {csv_file}" in capsys.readouterr().err
+    model = load_classifier("mobilenet_v2").eval()
+    with torch.no_grad():
+        predicted = {name: model(load_image(out / name)[None]).argmax(1).item() for name in wanted}
+    assert predicted == wanted
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("path,target\nastronaut.png,919\n", "no row for 3 input image(s): chelsea.png, sub/coffee.png, sub/rocket.png"),
+    ("name,class\nastronaut.png,919\n", "needs a header with the columns path and target"),
+    ("path,target\nastronaut.png,1000\n", "line 2: target must be 0 to 999, got 1000"),
+    ("path,target\nastronaut.png,cat\n", "line 2: target 'cat' is not a class index"),
+])
+def test_attack_targets_csv_errors_are_clear_and_write_nothing(tmp_path, real_photos, capsys, rows, message):
+    csv_file = tmp_path / "targets.csv"
+    csv_file.write_text(rows)
+    with pytest.raises(SystemExit) as info:
+        attack_main(["fgsm", str(real_photos), str(tmp_path / "adv"), "--source", "mobilenet_v2", "--targets",
+                     str(csv_file)])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "adv").exists()
+
+
+def test_attack_target_and_targets_exclude_each_other(tmp_path, real_photos, capsys):
+    with pytest.raises(SystemExit) as info:
+        attack_main(["fgsm", str(real_photos), str(tmp_path / "adv"), "--source", "mobilenet_v2", "--target", "1",
+                     "--targets", "t.csv"])
+    assert info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 def test_attack_through_purifier_backpropagates_through_it(tmp_path, photos, checkpoint, capsys):
@@ -208,7 +263,7 @@ def test_attack_transfer_usage_errors(tmp_path, photos, capsys, extra, message):
     (attack_main, ["mifgsm", "--help"], ["--source", "efficientnet_lite0", "timm:NAME", "--eps", "--steps", "--ti",
                                          "--target CLASS", "--through-purifier CKPT", "bypass_nrp.py"]),
     (attack_main, ["dim", "--help"], ["--seed", "--steps", "probability 0.5"]),
-    (attack_main, ["ssp", "--help"], ["--eps", "--step-size", "--backbone", "timm:NAME", "--layer"]),
+    (attack_main, ["ssp", "--help"], ["--eps", "--step-size", "--schedule", "--backbone", "timm:NAME", "--layer"]),
 ])
 def test_help(main, argv, words, capsys):
     with pytest.raises(SystemExit) as info:

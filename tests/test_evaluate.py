@@ -266,3 +266,32 @@ def test_an_entry_a_preset_tunes_but_the_chosen_option_drops_fails_before_any_wo
     check_entries(compose(["experiment=offline", "~adaptive.BPDA"], config_name="eval"))
     with pytest.raises(ValueError, match=r"adaptive.BPDA has no _target_.*drop it with ~adaptive.BPDA"):
         check_entries(compose(["experiment=offline", "adaptive=none"], config_name="eval"))
+
+
+def test_targeted_attacks_score_success_as_the_target_class_and_are_cached_apart(tmp_path):
+    # the tiny random classifier is nearly flat (top-1 probability 0.11): a targeted attack needs a wide budget
+    grid = _grid(attacks={"MI-FGSM": mifgsm(eps=64, steps=10), "MI-FGSM-T": mifgsm(eps=64, steps=10, targeted=True)})
+    grid.targets, grid.eps_sweep, grid.adaptive = 7, [], {}
+    rows = run_grid(grid, tmp_path / "out", tmp_path / "cache", progress=False)
+    cell = {(r["attack"], r["victim"], r["defense"]): r for r in rows if r["kind"] == "transfer"}
+    white_box = cell["MI-FGSM-T", "src", "none"]
+    assert white_box["targeted"] is True and "targeted" not in cell["MI-FGSM", "src", "none"]
+    predicted = tiny_classifier(0, name="src")(grid.data.images).argmax(1)
+    assert not (predicted == 7).all()
+    assert white_box["success_rate"] >= 80  # the source itself now says class 7 on most images
+    assert white_box["success_rate"] != 100.0 - white_box["top1"] or white_box["top1"] == 0
+    grid.targets = 2  # another target: crafted again, not read from the cache of target 7
+    rows2 = run_grid(grid, tmp_path / "out2", tmp_path / "cache", progress=False)
+    assert len({r["key"] for r in rows2} - {r["key"] for r in rows}) > 0
+
+
+def test_random_targets_avoid_labels_and_clean_predictions_and_repeat_with_the_seed():
+    from nrp_lightning.evaluation.grid import draw_targets
+
+    avoid = torch.tensor([[5, 5], [-1, 7], [3, 4]]).repeat(200, 1)
+    t = draw_targets("random", avoid, seed=0)
+    assert not (t[:, None] == avoid).any(1).any() and ((0 <= t) & (t < 1000)).all()
+    assert torch.equal(t, draw_targets("random", avoid, seed=0)) and not torch.equal(t, draw_targets("random", avoid, 1))
+    assert torch.equal(draw_targets(919, avoid, 0), torch.full((600,), 919))
+    with pytest.raises(ValueError, match="targets must be 'random' or an ImageNet class"):
+        _grid().__class__(**{**_grid().__dict__, "targets": 1000})

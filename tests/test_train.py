@@ -55,7 +55,7 @@ def test_training_step_updates_purifier_and_critic_but_never_the_features(tmp_pa
     assert set(result["report"]) == {"feat_dist_adv", "feat_dist_purified", "psnr_adv", "psnr_purified"}
     metrics = (tmp_path / "csv" / "metrics.csv").read_text()
     for name in ("train/loss_adv", "train/loss_img", "train/loss_feat", "train/loss_critic", "train/psnr_purified",
-                 "train/feat_dist_adv", "val/feat_dist_purified"):
+                 "train/feat_dist_adv", "val/feat_dist_purified", "val/attack_share", "val/val_attack_share"):
         assert name in metrics
     assert list((tmp_path / "samples").glob("step_*.png")) and (tmp_path / "report_grid.png").is_file()
 
@@ -123,3 +123,15 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     resumed = torch.load(run_dir / "purifier.pth", weights_only=True)
     for k in straight:
         assert torch.equal(straight[k], resumed[k]), k
+
+
+def test_attack_shares_measure_the_training_attack_against_the_authors_100_steps_without_touching_the_rng(tmp_path):
+    cfg = compose(TINY + ["attack.steps=100", "attack.step_size=2.55"], run_dir=str(tmp_path))
+    module = build_module(cfg)
+    x = torch.rand(2, 3, 32, 32)
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    shares = module.attack_shares(x)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert shares["attack_share"].item() == pytest.approx(1.0)  # the same attack, the same start
+    assert 0 < shares["val_attack_share"].item() < 1  # the validation SSP is a few steps only

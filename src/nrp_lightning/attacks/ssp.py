@@ -18,9 +18,17 @@ R must be random: at ``x' = x`` the feature distance is at its minimum and its g
 (exactly for ``mse`` and ``mae``; for ``cosine`` only float rounding noise of about 1e-9, which
 ``sign`` would turn into full steps in arbitrary directions), so SSP from ``x`` never moves.
 A start at ``x`` (``start="none"``) is therefore refused.
+
+Step schedule (not in the paper or the authors' code): ``constant`` uses kappa at every step (the
+authors' update); ``cosine`` starts at kappa and decays along a half cosine, step ``t`` of ``T``
+using ``kappa * (1 + cos(pi * t / T)) / 2``: large early steps cross the ball, small late ones
+settle on a stronger point. On real photos (MobileNetV2 to stride 8, 128 px crops,
+``experiments/ssp_strength.py``) 15 cosine steps from 16/255 reach 0.98 of the feature distortion
+of the authors' 100 constant steps of 2.55/255, 10 constant steps of 2.55/255 only 0.55.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +37,18 @@ from torch import nn
 from nrp_lightning.losses import feature_distance
 
 RANDOM_STARTS = ("normal", "uniform")
+STEP_SCHEDULES = ("constant", "cosine")
+
+
+def step_sizes(step_size: float, steps: int, schedule: str = "constant") -> list[float]:
+    """kappa of each of the ``steps`` steps, in the units of ``step_size``: all ``step_size``
+    (``constant``), or ``step_size * (1 + cos(pi * t / steps)) / 2`` for ``t = 0 .. steps - 1``
+    (``cosine``). ``ValueError`` for another schedule."""
+    if schedule not in STEP_SCHEDULES:
+        raise ValueError(f"SSP schedule must be one of {STEP_SCHEDULES}, got {schedule!r}")
+    if schedule == "constant":
+        return [step_size] * steps
+    return [step_size * (1 + math.cos(math.pi * t / steps)) / 2 for t in range(steps)]
 
 
 def check_start(kind: str) -> None:
@@ -65,6 +85,7 @@ def ssp(
     distance: str = "mse",
     start: str = "normal",
     generator: torch.Generator | None = None,
+    schedule: str = "constant",
 ) -> torch.Tensor:
     """SSP adversaries of a batch.
 
@@ -76,18 +97,21 @@ def ssp(
         steps: T, the number of sign-gradient steps.
         distance: ``mse`` (authors' attack), ``mae`` or ``cosine``.
         start: random start R: ``normal`` or ``uniform`` (``ValueError`` otherwise; no start at ``x``).
+        schedule: ``constant`` (kappa at every step, the authors' update) or ``cosine`` (kappa
+            decaying to nearly 0 over the ``steps``; see the module docstring).
     Returns:
         ``x'`` of the same shape, detached, with ``|x' - x|_inf <= eps/255`` and values in [0, 1].
     """
     if eps < 0 or step_size < 0 or steps < 0:
         raise ValueError(f"SSP needs eps, step_size, steps >= 0, got {eps}, {step_size}, {steps}")
     check_start(start)
+    kappas = [k / 255.0 for k in step_sizes(step_size, steps, schedule)]
     x = x.detach()
-    eps_01, kappa = eps / 255.0, step_size / 255.0
+    eps_01 = eps / 255.0
     with torch.no_grad():
         feat_clean = features(x)
     x_adv = random_start(x, eps_01, start, generator)
-    for _ in range(steps):
+    for kappa in kappas:
         x_adv.requires_grad_(True)
         loss = feature_distance(features(x_adv), feat_clean, distance)
         (grad,) = torch.autograd.grad(loss, x_adv)
@@ -105,12 +129,15 @@ class SSP:
     steps: int = 10
     distance: str = "mse"
     start: str = "normal"
+    schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.eps < 0 or self.step_size < 0 or self.steps < 0:
             raise ValueError(f"SSP needs eps, step_size, steps >= 0 (pixel units), got {self.eps}, {self.step_size}, {self.steps}")
         check_start(self.start)
+        step_sizes(self.step_size, 0, self.schedule)  # validates the schedule early
         feature_distance(torch.zeros(1, 1), torch.zeros(1, 1), self.distance)  # validates the name early
 
     def __call__(self, x: torch.Tensor, features: nn.Module, generator: torch.Generator | None = None) -> torch.Tensor:
-        return ssp(x, features, self.eps, self.step_size, self.steps, self.distance, self.start, generator)
+        return ssp(x, features, self.eps, self.step_size, self.steps, self.distance, self.start, generator,
+                   self.schedule)

@@ -77,7 +77,7 @@ def grid_from_config(cfg: DictConfig) -> Grid:
                 defended_victims=list(cfg.defended_victims) if cfg.defended_victims else None,
                 adaptive=dict(built["adaptive"] or {}), eps_sweep=list(cfg.eps_sweep or []),
                 sweep_attack=cfg.sweep_attack, sweep_source=cfg.sweep_source, batch_size=cfg.batch_size, seed=cfg.seed,
-                confident_threshold=cfg.confident_threshold)
+                confident_threshold=cfg.confident_threshold, targets=cfg.targets)
 
 
 def evaluate(cfg: DictConfig, out_dir: str | os.PathLike) -> Path:

@@ -9,7 +9,8 @@ Metrics, for a victim behind a defence: top-1 and top-5 accuracy against the tru
 for unlabelled data, against the undefended victim's clean top-1 prediction; attack success rate
 (Table 1, lower is better for the defence) = 100 - top-1. Both sides of a defence are measured:
 on clean images, the share of the victim's clean top-1 predictions it changes and, once per
-defence, PSNR(D(x), x); every scored row also holds top-1 on the victim's *confident subset*,
+defence, PSNR(D(x), x); a targeted attack (``targeted=True``) aims each image at a class of
+``Grid.targets`` and its success rate is the share the victim classifies as that class; every scored row also holds top-1 on the victim's *confident subset*,
 the images whose clean top-1 softmax probability is at least ``confident_threshold`` (abstract
 or near-constant crops flip under any change; DESIGN.md section 4).
 """
@@ -37,7 +38,9 @@ NO_DEFENSE = "none"
 CLEAN = "clean"
 FIDELITY = "fidelity"  # row kind: PSNR of a defence's output on the clean images
 CONFIDENT_THRESHOLD = 0.3  # clean top-1 probability of the confident subset (JPEG q75 flips <10% there)
-ROW_FIELDS = ["kind", "source", "attack", "eps", "defense", "victim", "n", "reference", "top1", "top5", "success_rate",
+IMAGENET_CLASSES = 1000
+ROW_FIELDS = ["kind", "source", "attack", "eps", "defense", "victim", "n", "reference", "targeted", "top1", "top5",
+              "success_rate",
               "changed", "confident_threshold", "n_confident", "top1_confident", "changed_confident", "psnr_mean",
               "psnr_min", "key"]  # every field a row of results.jsonl may have (rows of older runs lack some)
 
@@ -82,6 +85,10 @@ class Grid:
         eps_sweep: budgets (/255) for the accuracy-vs-eps plot, of ``sweep_attack`` on ``sweep_source``.
         confident_threshold: a victim's confident subset is the images whose clean top-1 softmax
             probability is at least this.
+        targets: the classes of targeted attacks (those with ``targeted=True``): ``"random"``, a
+            class per image drawn with ``seed`` among the ImageNet classes that are neither its
+            label nor any victim's clean top-1 (the usual protocol of targeted transfer), or one
+            ImageNet class index for every image.
     """
 
     data: EvalSet
@@ -97,8 +104,11 @@ class Grid:
     batch_size: int = 16
     seed: int = 0
     confident_threshold: float = CONFIDENT_THRESHOLD
+    targets: str | int = "random"
 
     def __post_init__(self) -> None:
+        if not (self.targets == "random" or isinstance(self.targets, int) and 0 <= self.targets < IMAGENET_CLASSES):
+            raise ValueError(f"targets must be 'random' or an ImageNet class 0-{IMAGENET_CLASSES - 1}, got {self.targets!r}")
         if not 0.0 <= self.confident_threshold <= 1.0:
             raise ValueError(f"confident_threshold is a probability in [0, 1], got {self.confident_threshold}")
         if NO_DEFENSE not in self.defenses:
@@ -135,9 +145,29 @@ def adv_sets(grid: Grid) -> list[tuple[str, str, Any, nn.Module | None, bool]]:
     return sets
 
 
+def is_targeted(attack: Any) -> bool:
+    return bool(getattr(attack, "targeted", False))
+
+
 def transfer_key(grid: Grid, source: str, attack: Any) -> str:
-    """Cache key of the adversarial set of ``attack`` crafted on ``source`` over the grid's data."""
-    return cache_key("transfer", source, repr(attack), grid.data.fingerprint(), grid.seed)
+    """Cache key of the adversarial set of ``attack`` crafted on ``source`` over the grid's data
+    (and, for a targeted attack, the grid's ``targets``)."""
+    parts = ("transfer", source, repr(attack), grid.data.fingerprint(), grid.seed)
+    return cache_key(*parts, f"targets={grid.targets}") if is_targeted(attack) else cache_key(*parts)
+
+
+def draw_targets(targets: str | int, avoid: torch.Tensor, seed: int) -> torch.Tensor:
+    """Target classes ``(N,)``: ``targets`` for every image, or (``"random"``) a class per image
+    drawn uniformly with ``seed`` among those not in its row of ``avoid (N, K)`` (labels and the
+    victims' clean top-1 classes; ``-1`` entries are ignored)."""
+    if targets != "random":
+        return torch.full((len(avoid),), int(targets), dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    out = torch.randint(0, IMAGENET_CLASSES, (len(avoid),), generator=g)
+    for i in range(len(avoid)):
+        while (avoid[i] == out[i]).any():
+            out[i] = int(torch.randint(0, IMAGENET_CLASSES, (1,), generator=g))
+    return out
 
 
 @torch.no_grad()
@@ -195,6 +225,7 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLik
     reference = {v: (data.labels if data.labelled else clean_top1[v]) for v in grid.victims}
     confident = {v: prob >= grid.confident_threshold for v, (_, prob) in clean.items()}
     label_kind = "true label" if data.labelled else "clean prediction"
+    targets = draw_targets(grid.targets, torch.stack([data.labels, *clean_top1.values()], 1), grid.seed)
 
     def defenses_for(victim: str) -> list[str]:
         return list(grid.defenses) if victim in grid.defended_victims else [NO_DEFENSE]
@@ -222,8 +253,11 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLik
         if row is None or row.get("confident_threshold") != grid.confident_threshold:  # rows of older runs too
             torch.manual_seed(int(key[:8], 16))  # randomised defences: reproducible draws per cell
             top5, _ = predict(grid.victims[victim], grid.defenses[d_name], x_adv, grid.batch_size, device)
+            scores = score(top5, reference[victim])
+            if meta.get("targeted"):  # success: the victim predicts the target class
+                scores["success_rate"] = percent(top5[:, 0] == targets)
             store.add({"key": key, **meta, "defense": d_name, "victim": victim, "n": len(x_adv), "reference": label_kind,
-                       **score(top5, reference[victim]), **confident_scores(top5, victim, meta["kind"])})
+                       **scores, **confident_scores(top5, victim, meta["kind"])})
         bar.update(1)
 
     # Fidelity: PSNR(D(x), x) on the clean images, once per defence (seeded as the cells are).
@@ -250,12 +284,18 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLik
         key = transfer_key(grid, s_name, attack)
         x_adv = cache.get(key)
         if x_adv is None:
-            labels = (untargeted_labels(model.to(device), from_uint8(x_clean).to(device), data.labels.to(device)).cpu()
-                      if model is not None else data.labels)
+            if is_targeted(attack):
+                labels = targets
+            elif model is not None:
+                labels = untargeted_labels(model.to(device), from_uint8(x_clean).to(device), data.labels.to(device)).cpu()
+            else:
+                labels = data.labels
             x_adv = craft(attack, model, x_clean, labels, grid.batch_size, device, grid.seed)
             cache.put(key, x_adv)
         bar.update(1)
         meta = {"kind": "transfer" if in_tables else "sweep", "source": s_name, "attack": a_name, "eps": float(attack.eps)}
+        if is_targeted(attack):
+            meta["targeted"] = True
         for victim in grid.victims:
             for d_name in defenses_for(victim):
                 score_cell(key, x_adv, meta, victim, d_name)
