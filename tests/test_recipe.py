@@ -55,6 +55,29 @@ def test_residual_branches_start_at_a_tenth_of_kaiming(net):
         assert torch.count_nonzero(conv.bias) == 0
 
 
+@pytest.mark.parametrize("config", ["rrdb", "resnet"])
+def test_instantiated_model_configs_get_the_tenth_of_kaiming_and_null_keeps_pytorchs(config):
+    import hydra
+    from omegaconf import OmegaConf
+
+    from nrp_lightning.config import CONF_DIR
+
+    cfg = OmegaConf.load(CONF_DIR / "model" / f"{config}.yaml")
+    cfg.nb = 1  # one block is enough to check every kind of branch conv
+    for scale in (cfg.init_scale, None):
+        cfg.init_scale = scale
+        torch.manual_seed(0)
+        net = hydra.utils.instantiate(cfg)
+        for name, conv in net.named_modules():
+            if isinstance(conv, torch.nn.Conv2d) and ("RDB" in name or "recon_trunk" in name):
+                kaiming = math.sqrt(2.0 / conv.weight[0].numel())
+                ratio = conv.weight.std().item() / kaiming
+                if scale is None:  # PyTorch's default: U(+-1/sqrt(fan_in)), std = kaiming / sqrt(6)
+                    assert abs(ratio * math.sqrt(6) - 1) < 0.25 and torch.count_nonzero(conv.bias) > 0
+                else:
+                    assert abs(ratio / RESIDUAL_INIT_SCALE - 1) < 0.25 and torch.count_nonzero(conv.bias) == 0
+
+
 def _module(**kw):
     from nrp_lightning.attacks.training_inputs import GaussianNoise
 
