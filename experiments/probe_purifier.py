@@ -89,15 +89,20 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=Path("data/photos/heldout"))
     parser.add_argument("--cache", type=Path, default=Path("outputs/probe_cache"))
     parser.add_argument("--baselines", action="store_true", help="also show no defence and JPEG q75")
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table with 95%% Wilson "
+                        "intervals (PSNR, clean top-1 changed on the black box, its attack success rates)")
+    parser.add_argument("--names", nargs="*", help="row labels for the checkpoints (default: their paths)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     x = heldout_images(args.photos)
     victims = {v: load_classifier(v) for v in VICTIMS}
     adv = adversarial_sets(x, victims["mobilenet_v2"], args.cache)
     defenses = {"none": lambda b: b, "JPEG75": JPEG(75)} if args.baselines else {}
-    for ckpt in args.checkpoints:
+    if args.names and len(args.names) != len(args.checkpoints):
+        parser.error(f"--names gives {len(args.names)} labels for {len(args.checkpoints)} checkpoints")
+    for ckpt, name in zip(args.checkpoints, args.names or args.checkpoints):
         purifier = load_purifier(ckpt).eval()
-        defenses[ckpt] = lambda b, p=purifier: p(b).clamp(0, 1)
+        defenses[name] = lambda b, p=purifier: p(b).clamp(0, 1)
     results, n_conf = probe(defenses, x, adv, victims)
     print(f"{len(x)} held-out crops ({n_conf} with {BLACK_BOX} clean top-1 prob >= {CONFIDENT})", file=sys.stderr)
     cols = ["psnr", *[f"changed_{v}" for v in VICTIMS], "changed_confident", *[f"success_{a}" for a in adv]]
@@ -105,6 +110,20 @@ def main() -> None:
     for name, row in results.items():
         print(name[-44:].ljust(44) + "".join(f"{row[c]:15.1f}" for c in cols))
     print(json.dumps(results))
+    if args.markdown:
+        print(markdown(results, len(x), list(adv)))
+
+
+def markdown(results: dict[str, dict], n: int, attacks: list[str]) -> str:
+    """The black box's columns as a Markdown table, rates with 95% Wilson intervals over ``n`` images."""
+    from nrp_lightning.evaluation.tables import md_table, rate_cell
+
+    header = ["defence", "PSNR P(x), x (dB)", f"clean top-1 changed, {BLACK_BOX} (%)",
+              *[f"{a} success, {BLACK_BOX} (%)" for a in attacks]]
+    rows = [[name, f"{row['psnr']:.1f}", rate_cell({"changed": row[f"changed_{BLACK_BOX}"], "n": n}, "changed"),
+             *[rate_cell({"success_rate": row[f"success_{a}"], "n": n}, "success_rate") for a in attacks]]
+            for name, row in results.items()]
+    return md_table(header, rows)
 
 
 if __name__ == "__main__":
