@@ -23,7 +23,7 @@ import torch
 from nrp_lightning.attacks.ssp import SSP
 from nrp_lightning.attacks.transfer import mifgsm
 from nrp_lightning.defenses import JPEG
-from nrp_lightning.eval_data import EMBEDDED_CROPS, center_square
+from nrp_lightning.eval_data import CROPS, center_square
 from nrp_lightning.evaluation.metrics import psnr_per_image
 from nrp_lightning.images import list_images, load_image
 from nrp_lightning.models.classifiers import load_classifier
@@ -36,7 +36,7 @@ CONFIDENT = 0.3
 
 
 def heldout_images(root: Path, size: int = 224) -> torch.Tensor:
-    crops = [center_square(load_image(p), size, s, o) for p in list_images(root) for s, o in EMBEDDED_CROPS]
+    crops = [center_square(load_image(p), size, s, o) for p in list_images(root) for s, o in CROPS]
     return torch.stack(crops)
 
 
