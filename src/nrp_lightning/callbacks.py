@@ -1,8 +1,10 @@
-"""Callbacks: purified sample grids for the logger, and the exported purifier state dict."""
+"""Callbacks: purified sample grids for the logger, the exported purifier state dict, and a
+checkpoint on SIGTERM / SIGUSR1 (``CheckpointOnSignal``)."""
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -76,3 +78,78 @@ class ExportPurifier(pl.Callback):
                                               metadata={"global_step": trainer.global_step})
                     artifact.add_file(str(self.path))
                     logger.experiment.log_artifact(artifact)
+
+
+SIGNAL_CHECKPOINT = "signal.ckpt"  # in the run's checkpoints/ folder; its presence means "resume"
+TIME_LIMIT_SIGNALS = ("SIGUSR1", "SIGUSR2")  # SLURM --signal=USR1@90; submitit's signal_delay_s sends USR2
+
+
+class CheckpointOnSignal(pl.Callback):
+    """Preemption (SIGTERM) and SLURM's warning before the time limit (SIGUSR1 from
+    ``--signal=USR1@90``, or SIGUSR2 from submitit's ``signal_delay_s``): finish the current
+    iteration, save ``dirpath/signal.ckpt``, and stop cleanly; after a time-limit signal under
+    SLURM (``SLURM_JOB_ID`` set, ``requeue``) also ``scontrol requeue`` the job. The next
+    start of the same command resumes from the newest intact checkpoint by itself
+    (``train.find_resume_checkpoint``), in the same folder and W&B run; a run that finishes deletes
+    ``signal.ckpt``.
+
+    One process: checked at the end of every iteration. DDP: Lightning broadcasts rank 0's flag at
+    the start of every iteration and all ranks raise ``SIGTERMException`` together; the checkpoint
+    is saved then (``on_exception``)."""
+
+    def __init__(self, dirpath: str, requeue: bool = True) -> None:
+        self.path = Path(dirpath) / SIGNAL_CHECKPOINT
+        self.requeue = requeue
+        self._signal: str | None = None
+        self._saved = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            def on_time_limit(signum, frame) -> None:
+                self._signal = signal.Signals(signum).name
+                trainer._signal_connector.received_sigterm = True
+            for signum in TIME_LIMIT_SIGNALS:  # replaces Lightning's and submitit's (they save mid-iteration or not at all)
+                signal.signal(getattr(signal, signum), on_time_limit)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.received_sigterm and trainer.world_size == 1:
+            from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+            self._stop(trainer)
+            raise SIGTERMException()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            self._stop(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and self.path.is_file():
+            self.path.unlink()
+
+    def _stop(self, trainer) -> None:
+        if self._saved:
+            return
+        self._saved = True
+        trainer.save_checkpoint(self.path)
+        what = self._signal or "SIGTERM"
+        if trainer.is_global_zero:
+            msg = (f"{what}: saved {self.path} after iteration {trainer.global_step // 2}; run the same command "
+                   f"again to continue")
+            log.warning(msg)
+            print(f"stopped: {msg}", file=sys.stderr, flush=True)
+            job = os.environ.get("SLURM_JOB_ID")
+            if os.environ.get("SLURM_ARRAY_JOB_ID"):
+                job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+            if self._signal in TIME_LIMIT_SIGNALS and self.requeue and job:
+                import subprocess
+
+                try:
+                    code = subprocess.call(["scontrol", "requeue", job])
+                except FileNotFoundError:
+                    code = "scontrol not found"
+                log.warning("scontrol requeue %s: %s", job, "requeued" if code == 0 else f"failed ({code})")

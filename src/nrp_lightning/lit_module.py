@@ -22,6 +22,10 @@ from nrp_lightning.attacks.ssp import SSP
 from nrp_lightning.losses import (ALPHA, GAMMA, GAN_LOSSES, LAMBDA, PIXEL_DISTANCES, feature_distance, feature_loss,
                                   pixel_loss)
 
+class DivergenceError(RuntimeError):
+    """Training produced non-finite losses or gradients for more steps in a row than allowed."""
+
+
 FUSED_ADAM_DEVICES = ("cuda", "cpu")  # fused=True Adam kernels (CPU: 35x faster than foreach for 16.7M params)
 LR_SCHEDULES = ("constant", "cosine")
 Attack = Callable[[torch.Tensor, nn.Module], torch.Tensor]  # (x in [0,1], features) -> x_adv
@@ -62,13 +66,21 @@ class NRPModule(pl.LightningModule):
             authors' attack (SSP with this many constant steps of 2.55/255), as
             ``val/attack_share`` and ``val/val_attack_share``: how strong the training inputs are.
             0 turns it off.
+        divergence_guard: a purifier or critic step whose loss or gradient norm is not finite is
+            skipped (weights and Adam state untouched), counted (``train/nonfinite_steps``) and
+            logged beside both gradient norms (``train/grad_norm_purifier``, ``_critic``). With
+            fused Adam the skip happens on the device (the ``found_inf`` input GradScaler uses):
+            no host-device sync; other optimizers read the flag on the host.
+        max_nonfinite_steps: more iterations in a row than this with a skipped step stop the run
+            with ``DivergenceError`` (checked every ``log_every_n_steps`` iterations, when the
+            counters are read anyway); the checkpoints hold the last finite weights.
     """
 
     def __init__(self, purifier: nn.Module, critic: nn.Module, features: nn.Module, attack: Attack,
                  val_attack: Attack | None = None, alpha: float = ALPHA, gamma: float = GAMMA, lam: float = LAMBDA, gan_loss: str = "ragan", pixel_distance: str = "mse",
                  lr_purifier: float = 1e-4, lr_critic: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
                  weak_fraction: float = 0.0, lr_schedule: str = "constant", schedule_iterations: int | None = None, channels_last: bool = False, compile: bool = False, fused_adam: bool = True, seed: int = 0,
-                 reference_steps: int = 100) -> None:
+                 reference_steps: int = 100, divergence_guard: bool = True, max_nonfinite_steps: int = 30) -> None:
         super().__init__()
         if gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss must be one of {sorted(GAN_LOSSES)}, got {gan_loss!r}")
@@ -80,6 +92,8 @@ class NRPModule(pl.LightningModule):
             raise ValueError(f"pixel_distance must be one of {PIXEL_DISTANCES}, got {pixel_distance!r}")
         if not 0.0 <= weak_fraction <= 1.0:
             raise ValueError(f"weak_fraction must be in [0, 1], got {weak_fraction}")
+        if max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         if reference_steps < 0:
             raise ValueError(f"reference_steps must be >= 0 (0: off), got {reference_steps}")
         if min(alpha, gamma, lam) < 0:
@@ -91,6 +105,7 @@ class NRPModule(pl.LightningModule):
         self.generator_gan_loss, self.critic_gan_loss = GAN_LOSSES[gan_loss]
         self._rng_to_restore: dict | None = None
         self._attack_shares: dict[str, torch.Tensor] | None = None  # computed once a run (F is frozen)
+        self._nonfinite = {"total": 0, "streak": 0}  # int or device tensors: skipped iterations, in a row
 
     # ----------------------------------------------------------------- setup
     def configure_model(self) -> None:
@@ -122,9 +137,11 @@ class NRPModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nrp_rng_states"] = _get_rng_states()
+        checkpoint["nrp_nonfinite"] = {k: int(v) for k, v in self._nonfinite.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint.get("nrp_rng_states")
+        self._nonfinite = dict(checkpoint.get("nrp_nonfinite", {"total": 0, "streak": 0}))
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
@@ -168,24 +185,66 @@ class NRPModule(pl.LightningModule):
         terms = self.purifier_loss(x, purified, feat_clean)
         opt_purifier.zero_grad(set_to_none=True)
         self.manual_backward(terms["loss_purifier"])
-        opt_purifier.step()
+        norm_purifier, bad_purifier = self.guarded_step(opt_purifier, self.purifier, terms["loss_purifier"])
         self.untoggle_optimizer(opt_purifier)
 
         self.toggle_optimizer(opt_critic)
         loss_critic = self.critic_loss(x, purified)
         opt_critic.zero_grad(set_to_none=True)
         self.manual_backward(loss_critic)
-        opt_critic.step()
+        norm_critic, bad_critic = self.guarded_step(opt_critic, self.critic, loss_critic)
         self.untoggle_optimizer(opt_critic)
         for scheduler in self.lr_schedulers() or []:
             scheduler.step()
+        self.count_nonfinite(bad_purifier | bad_critic)
 
         with torch.no_grad():
             metrics = {f"train/{k}": v.detach() for k, v in terms.items()}
             metrics["train/loss_critic"] = loss_critic.detach()
+            metrics.update({"train/grad_norm_purifier": norm_purifier, "train/grad_norm_critic": norm_critic,
+                            "train/nonfinite_steps": torch.as_tensor(self._nonfinite["total"], device=x.device).float()})
             metrics.update({f"train/{k}": v for k, v in self.purification_metrics(x, x_adv, purified, feat_clean).items()})
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=False)
         self.log("train/loss", terms["loss_purifier"].detach(), prog_bar=True)
+
+    # ------------------------------------------------------ divergence guard
+    def guarded_step(self, optimizer, net: nn.Module, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``optimizer`` unless ``loss`` or the gradient norm of ``net`` is not finite.
+        Returns the gradient norm and the non-finite flag, both 0-dim device tensors."""
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        norm = _total_norm(grads) if grads else loss.new_zeros(())
+        bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+        inner = getattr(optimizer, "optimizer", optimizer)  # under the LightningOptimizer wrapper
+        if not self.hparams.divergence_guard:
+            optimizer.step()
+        elif inner.defaults.get("fused"):
+            inner.found_inf = bad.float()  # the fused kernel skips params, moments and step count
+            try:
+                optimizer.step()
+            finally:
+                del inner.found_inf
+        else:  # non-fused optimizers cannot skip on the device: one host sync
+            if bad.item():
+                optimizer.zero_grad(set_to_none=True)  # Adam leaves parameters without gradient alone
+            optimizer.step()  # still called, so Lightning's step count (and max_steps) stays right
+        return norm.detach(), bad
+
+    def count_nonfinite(self, bad: torch.Tensor) -> None:
+        """Update the counters with this iteration's flag (on the device) and, every
+        ``log_every_n_steps`` iterations, stop the run if the streak is longer than allowed."""
+        total, streak = (torch.as_tensor(self._nonfinite[k], device=bad.device) for k in ("total", "streak"))
+        self._nonfinite = {"total": total + bad.long(), "streak": (streak + 1) * bad.long()}
+        iteration = self.trainer.global_step // 2 if self._trainer is not None else 0
+        every = self.trainer.log_every_n_steps if self._trainer is not None else 1
+        if self.hparams.divergence_guard and iteration % max(every, 1) == 0:
+            streak = int(self._nonfinite["streak"])
+            if streak > self.hparams.max_nonfinite_steps:
+                callback = self.trainer.checkpoint_callback if self._trainer is not None else None
+                last = getattr(callback, "last_model_path", "") or "none written yet"
+                raise DivergenceError(
+                    f"training diverged: {streak} iterations in a row up to iteration {iteration} had a non-finite loss "
+                    f"or gradient (more than module.max_nonfinite_steps={self.hparams.max_nonfinite_steps}); those "
+                    f"steps were skipped, so the last checkpoint holds the last finite weights: {last}")
 
     def purification_metrics(self, x: torch.Tensor, x_adv: torch.Tensor, purified: torch.Tensor,
                              feat_clean: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -242,6 +301,11 @@ class NRPModule(pl.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_epoch=True, sync_dist=True,
                       batch_size=x.shape[0])
         return {"clean": x, "adversarial": x_adv, "purified": purified}
+
+
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all gradients together, on their device (no host sync)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
 
 
 def _get_rng_states() -> dict:

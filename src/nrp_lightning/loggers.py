@@ -5,6 +5,7 @@ import logging
 import netrc
 import os
 import socket
+import uuid
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,22 @@ def sweep_group(run_name: str) -> str:
 
 def wandb_logger(project: str, name: str, save_dir: str, tags: list[str] | None = None, group: str | None = None,
                  log_model: bool = False, **kwargs):
-    """A ``WandbLogger`` in the mode ``wandb_mode()`` picks, grouped by sweep, tagged."""
+    """A ``WandbLogger`` in the mode ``wandb_mode()`` picks, grouped by sweep, tagged, with the run id
+    of ``save_dir`` (``run_id``), so a resumed or requeued run logs into the same W&B run."""
     from pytorch_lightning.loggers import WandbLogger
 
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    kwargs.setdefault("id", run_id(save_dir))
+    kwargs.setdefault("resume", "allow")
     return WandbLogger(project=project, name=name, save_dir=save_dir, tags=[str(t) for t in tags or []],
                        group=group or sweep_group(name), mode=wandb_mode(), log_model=log_model, **kwargs)
+
+
+def run_id(save_dir: str | os.PathLike) -> str:
+    """The W&B run id of a run folder: drawn at its first start and kept in ``wandb_id.txt``."""
+    path = Path(save_dir) / "wandb_id.txt"
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    new = uuid.uuid4().hex[:12]
+    path.write_text(new + "\n")
+    return new

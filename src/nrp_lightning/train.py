@@ -19,8 +19,9 @@ import pytorch_lightning as pl
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from nrp_lightning.callbacks import SIGNAL_CHECKPOINT
 from nrp_lightning.config import conf_dir, register_resolvers
-from nrp_lightning.lit_module import NRPModule
+from nrp_lightning.lit_module import DivergenceError, NRPModule
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,18 @@ def checkpoints_in(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if ckpt_dir.is_dir() else []
 
 
+def stopped_by_signal(run_dir: str | os.PathLike) -> bool:
+    """The run in ``run_dir`` was stopped by SIGTERM or SIGUSR1 (``CheckpointOnSignal`` left an intact
+    ``checkpoints/signal.ckpt``): its next start resumes without ``resume=true``."""
+    path = Path(run_dir) / "checkpoints" / SIGNAL_CHECKPOINT
+    return path.is_file() and is_complete_checkpoint(path)
+
+
 def refuse_fresh_run_over_checkpoints(cfg: DictConfig, run_dir: str | os.PathLike) -> None:
     """A fresh run (neither ``resume`` nor ``ckpt_path``) in a folder that already holds checkpoints
-    is refused with ``RunExistsError``, so nothing is overwritten by accident."""
-    if not cfg.resume and not cfg.ckpt_path and checkpoints_in(run_dir):
+    is refused with ``RunExistsError``, so nothing is overwritten by accident; a folder whose run
+    was stopped by a signal is resumed instead."""
+    if not cfg.resume and not cfg.ckpt_path and checkpoints_in(run_dir) and not stopped_by_signal(run_dir):
         raise RunExistsError(
             f"{Path(run_dir) / 'checkpoints'} already holds checkpoints of an earlier run. Add resume=true to "
             f"continue it, or run_name=<new name> to start another run beside it.")
@@ -110,15 +119,15 @@ def exit_refused(exc: RunExistsError) -> NoReturn:
 
 
 def find_resume_checkpoint(cfg: DictConfig) -> str | None:
-    """The checkpoint to continue from: ``ckpt_path`` if given; with ``resume=true`` the newest
-    intact checkpoint of the run folder; ``None`` for a fresh run (refused where checkpoints exist)."""
+    """The checkpoint to continue from: ``ckpt_path`` if given; with ``resume=true``, or after a
+    stop by signal (a requeued or restarted job), the newest intact checkpoint of the run folder; ``None`` for a fresh run (refused where checkpoints exist)."""
     if cfg.ckpt_path:
         path = Path(cfg.ckpt_path)
         if not path.is_file():
             raise FileNotFoundError(f"ckpt_path={path} does not exist")
         return str(path)
     refuse_fresh_run_over_checkpoints(cfg, cfg.paths.run_dir)
-    if not cfg.resume:
+    if not cfg.resume and not stopped_by_signal(cfg.paths.run_dir):
         return None
     for path in checkpoints_in(cfg.paths.run_dir):
         if is_complete_checkpoint(path):
@@ -194,6 +203,9 @@ def main(cfg: DictConfig) -> None:
         train(cfg)
     except RunExistsError as exc:  # a multirun job (single runs are refused earlier, by the callback)
         exit_refused(exc)
+    except DivergenceError as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        sys.exit(3)
 
 
 register_resolvers()
