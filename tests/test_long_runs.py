@@ -1,6 +1,7 @@
 """Issue 12: runs that survive a non-finite loss, a signal and a torn checkpoint."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -140,3 +141,43 @@ def test_the_slurm_launcher_asks_for_the_signal_and_requeues(tmp_path):
     assert launcher.signal_delay_s == 90  # submitit: #SBATCH --signal=USR2@90
     assert launcher.max_num_timeout >= 10 and launcher.tasks_per_node == 4
     assert cfg.callbacks.checkpoint_on_signal.requeue is True
+
+
+def _ddp_cmd(out_root, run_name: str, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), *TINY, "steps=6", "checkpoint_every=2", "val_every=1000",
+            "val_attack.steps=1", "trainer.accelerator=cpu", "trainer.devices=2",
+            "trainer.strategy=ddp_find_unused_parameters_true", "data.batch_size=4", "data.samples_per_epoch=4",
+            "report=false", f"run_name={run_name}", "+callbacks.rank_probe._target_=tests.rank_probe.SaveRankParameters",
+            "+callbacks.rank_probe.dirpath=${paths.run_dir}/ranks", *extra]
+
+
+@pytest.mark.slow
+def test_ddp_resume_after_sigkill_of_the_process_group_matches_an_uninterrupted_run(tmp_path):
+    """Two gloo ranks, SIGKILL to the whole process group after the first checkpoint, resume=true:
+    both ranks end with parameters equal to each other and to an uninterrupted 2-rank run (each
+    rank restores its own random state: its SSP starts and crops go on as they would have)."""
+    env = {**_env(tmp_path), "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    straight = subprocess.run(_ddp_cmd(tmp_path, "straight"), env=env, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(_ddp_cmd(tmp_path, "killed"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, last = time.time() + 300, run_dir / "checkpoints" / "last.ckpt"
+    while not (last.is_file() and is_complete_checkpoint(last)) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = torch.load(last, weights_only=True)["global_step"]
+    assert 0 < killed_at < 12
+
+    resumed = subprocess.run(_ddp_cmd(tmp_path, "killed", "resume=true"), env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(last, weights_only=True)["global_step"] == 12
+    ranks = {name: [torch.load(tmp_path / name / "ranks" / f"rank{r}.pt", weights_only=True)["state"] for r in (0, 1)]
+             for name in ("straight", "killed")}
+    for k in ranks["straight"][0]:
+        assert torch.equal(ranks["killed"][0][k], ranks["killed"][1][k]), k
+        assert torch.equal(ranks["killed"][0][k], ranks["straight"][0][k]), k

@@ -136,11 +136,20 @@ class NRPModule(pl.LightningModule):
             self._rng_to_restore = None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["nrp_rng_states"] = _get_rng_states()
+        # Every rank's random state (each draws its own SSP starts and crops): the ranks build the
+        # checkpoint together, rank 0 writes it; each takes its own back on resume.
+        states = _get_rng_states()
+        checkpoint["nrp_rng_states"] = states
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            per_rank: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(per_rank, states)
+            checkpoint["nrp_rng_states_per_rank"] = per_rank
         checkpoint["nrp_nonfinite"] = {k: int(v) for k, v in self._nonfinite.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._rng_to_restore = checkpoint.get("nrp_rng_states")
+        per_rank = checkpoint.get("nrp_rng_states_per_rank") or []
+        rank = self.global_rank if self._trainer is not None else 0
+        self._rng_to_restore = per_rank[rank] if rank < len(per_rank) else checkpoint.get("nrp_rng_states")
         self._nonfinite = dict(checkpoint.get("nrp_nonfinite", {"total": 0, "streak": 0}))
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
