@@ -100,6 +100,9 @@ def main() -> None:
     defenses = {"none": lambda b: b, "JPEG75": JPEG(75)} if args.baselines else {}
     if args.names and len(args.names) != len(args.checkpoints):
         parser.error(f"--names gives {len(args.names)} labels for {len(args.checkpoints)} checkpoints")
+    labels = list(defenses) + list(args.names or args.checkpoints)
+    if len(set(labels)) != len(labels):
+        parser.error(f"row labels must differ (the baselines are {list(defenses)}): {labels}")
     for ckpt, name in zip(args.checkpoints, args.names or args.checkpoints):
         purifier = load_purifier(ckpt).eval()
         defenses[name] = lambda b, p=purifier: p(b).clamp(0, 1)
