@@ -187,3 +187,13 @@ def test_multirun_job_folders_are_named_by_what_is_swept(monkeypatch):
     assert job_dirname(2, ["backbone=vgg19", "steps=3"]) == "2_backbone=vgg19"
     long = [f"key{i}.x={'v' * 20}" for i in range(10)]
     assert len(job_dirname(3, long)) <= 102 and "/" not in job_dirname(3, ["a/b=1"])
+
+
+def test_probe_purifier_imports_and_formats_its_table_with_intervals():
+    """The 1-minute screen of docs/reproduction.md: importable (a renamed constant once broke it
+    unnoticed) and its Markdown table carries Wilson intervals."""
+    from experiments.probe_purifier import BLACK_BOX, markdown
+
+    row = {"psnr": 34.06, f"changed_{BLACK_BOX}": 40.0, "success_SSP": 54.29}
+    table = markdown({"NRP": row}, n=35, attacks=["SSP"])
+    assert "| NRP | 34.1 | 40.0 [25.6, 56.4] | 54.3 [38.2, 69.5] |" in table
