@@ -5,15 +5,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from test_train import ROOT, TINY, _env
+from test_train import ROOT, TINY, _env, _train_cmd, _wait_for_first_checkpoint
 
 from nrp_lightning.config import compose
 from nrp_lightning.lit_module import DivergenceError, NRPModule
-from nrp_lightning.train import is_complete_checkpoint, train
+from nrp_lightning.train import train
 
 NAN_ITERATIONS = (2, 3)  # 1-based iterations whose purifier loss is made NaN
 
@@ -81,22 +80,18 @@ def test_the_guard_off_steps_into_nan(tmp_path, monkeypatch):
     assert any(not torch.isfinite(v).all() for v in state.values())
 
 
-def _train_cmd(out_root, run_name: str) -> list[str]:
+def _one_batch_epochs(out_root, run_name: str) -> list[str]:
     """12 tiny iterations, one batch an epoch: whichever iteration a signal stops, the resume starts
     at an epoch boundary, where Lightning restores the random-crop loader exactly (mid-epoch it
     restarts the epoch's batches, so the data order after a resume would differ)."""
-    return [sys.executable, str(ROOT / "train.py"), *TINY, "steps=12", "checkpoint_every=3", "val_every=1000",
-            "data.samples_per_epoch=2", "report=false", f"run_name={run_name}"]
+    return _train_cmd(out_root, run_name, samples_per_epoch=2)
 
 
 def _start_and_signal(tmp_path, name: str, signum: int) -> subprocess.CompletedProcess:
     """Start a tiny training run, send ``signum`` once it has written its first checkpoint."""
-    run_dir = tmp_path / name
-    proc = subprocess.Popen(_train_cmd(tmp_path, name), env=_env(tmp_path), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_one_batch_epochs(tmp_path, name), env=_env(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline, last = time.time() + 240, run_dir / "checkpoints" / "last.ckpt"
-    while not (last.is_file() and is_complete_checkpoint(last)) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    _wait_for_first_checkpoint(proc, tmp_path / name)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -116,14 +111,15 @@ def test_a_signal_saves_a_checkpoint_and_the_same_command_resumes_from_it(tmp_pa
     step = torch.load(saved, weights_only=True)["global_step"]
     assert 0 < step < 24 and step % 2 == 0  # a whole iteration: both optimizers stepped
 
-    again = subprocess.run(_train_cmd(tmp_path, "stopped"), env=_env(tmp_path), capture_output=True, text=True,
+    again = subprocess.run(_one_batch_epochs(tmp_path, "stopped"), env=_env(tmp_path), capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resuming from {saved}" in (tmp_path / "stopped" / "train.log").read_text()
     assert torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 24
     assert not saved.exists()
     if signum == signal.SIGUSR1:  # once is enough for the bit-identical check
-        subprocess.run(_train_cmd(tmp_path, "straight"), env=_env(tmp_path), check=True, capture_output=True, timeout=300)
+        subprocess.run(_one_batch_epochs(tmp_path, "straight"), env=_env(tmp_path), check=True, capture_output=True,
+                       timeout=300)
         straight = torch.load(tmp_path / "straight" / "purifier.pth", weights_only=True)
         resumed = torch.load(tmp_path / "stopped" / "purifier.pth", weights_only=True)
         assert all(torch.equal(straight[k], resumed[k]) for k in straight)
@@ -160,12 +156,9 @@ def test_ddp_resume_after_sigkill_of_the_process_group_matches_an_uninterrupted_
     straight = subprocess.run(_ddp_cmd(tmp_path, "straight"), env=env, capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    run_dir = tmp_path / "killed"
     proc = subprocess.Popen(_ddp_cmd(tmp_path, "killed"), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline, last = time.time() + 300, run_dir / "checkpoints" / "last.ckpt"
-    while not (last.is_file() and is_complete_checkpoint(last)) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    last = _wait_for_first_checkpoint(proc, tmp_path / "killed", timeout_s=300)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"

@@ -83,9 +83,17 @@ def test_a_refused_command_line_run_says_what_to_do_in_one_line_and_leaves_the_e
     assert sorted(p.name for p in earlier.iterdir()) == [".hydra", "checkpoints"]
 
 
-def _train_cmd(out_root: Path, run_name: str, *extra: str) -> list[str]:
+def _train_cmd(out_root: Path, run_name: str, *extra: str, samples_per_epoch: int = 6) -> list[str]:
     return [sys.executable, str(ROOT / "train.py"), *TINY, "steps=12", "checkpoint_every=3", "val_every=1000",
-            "data.samples_per_epoch=6", "report=false", f"run_name={run_name}", *extra]
+            f"data.samples_per_epoch={samples_per_epoch}", "report=false", f"run_name={run_name}", *extra]
+
+
+def _wait_for_first_checkpoint(proc: subprocess.Popen, run_dir: Path, timeout_s: float = 240) -> Path:
+    """Wait until the run in ``run_dir`` has an intact ``last.ckpt`` (or ends, or time runs out)."""
+    deadline, last = time.time() + timeout_s, run_dir / "checkpoints" / "last.ckpt"
+    while not (last.is_file() and is_complete_checkpoint(last)) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    return last
 
 
 def _env(out_root: Path) -> dict:
@@ -101,10 +109,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(tmp_path, "killed"), env=_env(tmp_path), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    last = run_dir / "checkpoints" / "last.ckpt"
-    while not (last.is_file() and is_complete_checkpoint(last)) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    _wait_for_first_checkpoint(proc, run_dir)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"

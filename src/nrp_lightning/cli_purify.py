@@ -15,12 +15,12 @@ from typing import Sequence
 
 import torch
 
+from nrp_lightning.attacks.transfer import IMAGENET_CLASSES
 from nrp_lightning.folder_jobs import UsageError, plan_jobs, run_jobs
 from nrp_lightning.tiling import parse_memory
 
 BACKBONE_LAYERS = {"vgg16": 16, "vgg19": 18, "mobilenet_v2": 7}  # default cut: relu3_3-like depth
 TIMM_DEFAULT_INDEX = 2
-IMAGENET_CLASSES = 1000  # --target is an ImageNet-1k index
 # nrp-attack's transfer attacks (builders in attacks/transfer.py): one-line help, whether --steps
 # applies, and whether the attack draws random numbers (then --seed applies).
 TRANSFER_ATTACKS: dict[str, tuple[str, bool, bool]] = {

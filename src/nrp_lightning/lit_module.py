@@ -243,12 +243,13 @@ class NRPModule(pl.LightningModule):
         ``log_every_n_steps`` iterations, stop the run if the streak is longer than allowed."""
         total, streak = (torch.as_tensor(self._nonfinite[k], device=bad.device) for k in ("total", "streak"))
         self._nonfinite = {"total": total + bad.long(), "streak": (streak + 1) * bad.long()}
-        iteration = self.trainer.global_step // 2 if self._trainer is not None else 0
-        every = self.trainer.log_every_n_steps if self._trainer is not None else 1
-        if self.hparams.divergence_guard and iteration % max(every, 1) == 0:
+        trainer = self._trainer  # None when called outside a Trainer
+        iteration = trainer.global_step // 2 if trainer is not None else 0
+        every = max(trainer.log_every_n_steps, 1) if trainer is not None else 1
+        if self.hparams.divergence_guard and iteration % every == 0:
             streak = int(self._nonfinite["streak"])
             if streak > self.hparams.max_nonfinite_steps:
-                callback = self.trainer.checkpoint_callback if self._trainer is not None else None
+                callback = trainer.checkpoint_callback if trainer is not None else None
                 last = getattr(callback, "last_model_path", "") or "none written yet"
                 raise DivergenceError(
                     f"training diverged: {streak} iterations in a row up to iteration {iteration} had a non-finite loss "

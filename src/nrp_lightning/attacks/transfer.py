@@ -32,6 +32,7 @@ from nrp_lightning.attacks.ssp import project_linf
 DIM_RESIZE_RATIO = 330 / 299  # Xie et al.: 299 px inputs resized to [299, 330) and padded to 330
 TI_KERNEL_SIZE = 15  # Dong et al. 2019, for normally trained source models
 TI_NSIG = 3.0
+IMAGENET_CLASSES = 1000  # the label space of every source and victim: a target class is an index below it
 
 
 def untargeted_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

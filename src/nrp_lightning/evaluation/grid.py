@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from nrp_lightning.attacks.adaptive import AdaptiveAttack
 from nrp_lightning.attacks.ssp import SSP
-from nrp_lightning.attacks.transfer import untargeted_labels
+from nrp_lightning.attacks.transfer import IMAGENET_CLASSES, untargeted_labels
 from nrp_lightning.defenses.base import Defense, NoDefense
 from nrp_lightning.eval_data import EvalSet, from_uint8, to_uint8
 from nrp_lightning.evaluation.metrics import percent, psnr_per_image, score
@@ -38,7 +38,6 @@ NO_DEFENSE = "none"
 CLEAN = "clean"
 FIDELITY = "fidelity"  # row kind: PSNR of a defence's output on the clean images
 CONFIDENT_THRESHOLD = 0.3  # clean top-1 probability of the confident subset (JPEG q75 flips <10% there)
-IMAGENET_CLASSES = 1000
 ROW_FIELDS = ["kind", "source", "attack", "eps", "defense", "victim", "n", "reference", "targeted", "top1", "top5",
               "success_rate",
               "changed", "confident_threshold", "n_confident", "top1_confident", "changed_confident", "psnr_mean",
