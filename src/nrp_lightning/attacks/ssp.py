@@ -25,6 +25,12 @@ using ``kappa * (1 + cos(pi * t / T)) / 2``: large early steps cross the ball, s
 settle on a stronger point. On real photos (MobileNetV2 to stride 8, 128 px crops,
 ``experiments/ssp_strength.py``) 15 cosine steps from 16/255 reach 0.98 of the feature distortion
 of the authors' 100 constant steps of 2.55/255, 10 constant steps of 2.55/255 only 0.55.
+
+Input diversity (not in the paper; ``diversity > 0``): at each step, with that probability, ``x'``
+and ``x`` go through the same random DIM transform (resize to a side in ``[H, 1.1 H)`` and zero-pad
+to ``1.1 H``, ``attacks.transfer.input_diversity``) before F, so the perturbation must distort the
+features at several scales and offsets, as DIM's must fool the classifier: training inputs that
+resemble the resize-robust perturbations of transfer attacks.
 """
 from __future__ import annotations
 
@@ -86,6 +92,7 @@ def ssp(
     start: str = "normal",
     generator: torch.Generator | None = None,
     schedule: str = "constant",
+    diversity: float = 0.0,
 ) -> torch.Tensor:
     """SSP adversaries of a batch.
 
@@ -99,12 +106,15 @@ def ssp(
         start: random start R: ``normal`` or ``uniform`` (``ValueError`` otherwise; no start at ``x``).
         schedule: ``constant`` (kappa at every step, the authors' update) or ``cosine`` (kappa
             decaying to nearly 0 over the ``steps``; see the module docstring).
+        diversity: probability of a DIM transform of ``x'`` and ``x`` before F at each step
+            (0: none, the paper's SSP; see the module docstring).
     Returns:
         ``x'`` of the same shape, detached, with ``|x' - x|_inf <= eps/255`` and values in [0, 1].
     """
     if eps < 0 or step_size < 0 or steps < 0:
         raise ValueError(f"SSP needs eps, step_size, steps >= 0, got {eps}, {step_size}, {steps}")
     check_start(start)
+    check_diversity(diversity)
     kappas = [k / 255.0 for k in step_sizes(step_size, steps, schedule)]
     x = x.detach()
     eps_01 = eps / 255.0
@@ -113,11 +123,30 @@ def ssp(
     x_adv = random_start(x, eps_01, start, generator)
     for kappa in kappas:
         x_adv.requires_grad_(True)
-        loss = feature_distance(features(x_adv), feat_clean, distance)
+        if diversity > 0:
+            loss = _diverse_distance(x_adv, x, features, distance, diversity, generator)
+        else:
+            loss = feature_distance(features(x_adv), feat_clean, distance)
         (grad,) = torch.autograd.grad(loss, x_adv)
         with torch.no_grad():
             x_adv = project_linf(x_adv + kappa * grad.sign(), x, eps_01)
     return x_adv.detach()
+
+
+def check_diversity(diversity: float) -> None:
+    """``ValueError`` unless the input-diversity probability is in [0, 1]."""
+    if not 0.0 <= diversity <= 1.0:
+        raise ValueError(f"SSP diversity is a probability in [0, 1] (0: off, the paper's SSP), got {diversity}")
+
+
+def _diverse_distance(x_adv: torch.Tensor, x: torch.Tensor, features: nn.Module, distance: str, prob: float,
+                      generator: torch.Generator | None) -> torch.Tensor:
+    """d(F(T(x')), F(T(x))) with one random DIM transform T shared by both halves."""
+    from nrp_lightning.attacks.transfer import input_diversity  # transfer imports this module
+
+    both = input_diversity(torch.cat([x_adv, x]), prob, generator=generator)
+    feat_adv, feat_clean = features(both).chunk(2)
+    return feature_distance(feat_adv, feat_clean.detach(), distance)
 
 
 @dataclass
@@ -130,14 +159,16 @@ class SSP:
     distance: str = "mse"
     start: str = "normal"
     schedule: str = "constant"
+    diversity: float = 0.0
 
     def __post_init__(self) -> None:
         if self.eps < 0 or self.step_size < 0 or self.steps < 0:
             raise ValueError(f"SSP needs eps, step_size, steps >= 0 (pixel units), got {self.eps}, {self.step_size}, {self.steps}")
         check_start(self.start)
+        check_diversity(self.diversity)
         step_sizes(self.step_size, 0, self.schedule)  # validates the schedule early
         feature_distance(torch.zeros(1, 1), torch.zeros(1, 1), self.distance)  # validates the name early
 
     def __call__(self, x: torch.Tensor, features: nn.Module, generator: torch.Generator | None = None) -> torch.Tensor:
         return ssp(x, features, self.eps, self.step_size, self.steps, self.distance, self.start, generator,
-                   self.schedule)
+                   self.schedule, self.diversity)
