@@ -67,6 +67,9 @@ def test_load_nrp_round_trips_a_state_dict_and_explains_a_wrong_file(tmp_path):
     defense = load_nrp(str(tmp_path / "p.pth"))
     x = smooth_images(1, size=32)
     assert torch.equal(defense(x), purifier(x).clamp(0, 1))
+    before = repr(defense)
+    torch.save(RRDBPurifier(nf=8, nb=1, gc=4).state_dict(), tmp_path / "p.pth")  # retrained into the same file
+    assert repr(load_nrp(str(tmp_path / "p.pth"))) != before  # so the evaluation's cache keys change with it
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "not_a_purifier.pth")
     with pytest.raises(ValueError, match="expected a purifier"):
         load_nrp(str(tmp_path / "not_a_purifier.pth"))

@@ -142,7 +142,7 @@ def test_the_shipped_purifier_loads_by_default_with_its_card():
     assert {p["name"] for p in card["training_photos"]}.isdisjoint({"chelsea", "coffee", "grace_hopper", "Path"})
     assert DEFAULT_PURIFIER.stat().st_size < 4 * 2**20
     x = torch.rand(1, 3, 40, 48)
-    assert load_nrp(None)(x).shape == x.shape and load_nrp(None).weights == str(DEFAULT_PURIFIER)
+    assert load_nrp(None)(x).shape == x.shape and load_nrp(None).weights == f"{DEFAULT_PURIFIER} sha256:{card['sha256'][:16]}"
 
 
 def test_nrp_purify_without_checkpoint_uses_the_shipped_purifier(tmp_path, capsys):

@@ -5,12 +5,15 @@ authors' ``NRP.pth`` / ``NRP_resG.pth``, our ``purifier.pth`` or a ``.ckpt``) vi
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from nrp_lightning.defenses.base import Defense
 from nrp_lightning.models.purifier import purify
 from nrp_lightning.purify import DYNAMIC_EPS, DYNAMIC_SIGMA, dynamic_perturb, load_purifier
+from nrp_lightning.weights import sha256_of
 
 
 class NRPDefense(Defense):
@@ -36,8 +39,12 @@ class NRPDefense(Defense):
 def load_nrp(weights: str | None = None, dynamic: bool = False) -> NRPDefense:
     """``NRPDefense`` from any purifier file ``load_purifier`` reads: the authors' ``NRP.pth`` /
     ``NRP_resG.pth``, our exported ``purifier.pth`` or a training ``.ckpt`` (architecture and sizes
-    are read from the keys and shapes); ``None``: the purifier shipped with the package."""
+    are read from the keys and shapes); ``None``: the purifier shipped with the package.
+
+    ``weights`` (part of the repr, hence of the evaluation's cache keys) names the file and its
+    content (``PATH sha256:16 hex``): a purifier retrained into the same path is scored afresh,
+    not answered from rows of the old one."""
     purifier = load_purifier(weights)
     defense = NRPDefense(purifier, dynamic=dynamic)
-    defense.weights = str(purifier.path)  # part of the repr, hence of cache keys
+    defense.weights = f"{purifier.path} sha256:{sha256_of(Path(purifier.path))[:16]}"
     return defense
