@@ -92,10 +92,10 @@ def run_load(url: str, body: bytes, clients: int, seconds: float, route: str = "
     return result
 
 
-def row(label: str, result: LoadResult) -> str:
+def row(label: str, result: LoadResult, load: float) -> str:
     answered = len(result.latencies)
     return (f"| {label} | {result.sent} | {answered} | {len(result.failures)} | {answered / result.seconds:.2f} | "
-            f"{1000 * result.percentile(0.5):.0f} | {1000 * result.percentile(0.99):.0f} |")
+            f"{1000 * result.percentile(0.5):.0f} | {1000 * result.percentile(0.99):.0f} | {load:.1f} |")
 
 
 def machine() -> str:
@@ -123,17 +123,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     body = photo_png(args.size)
-    header = ["| max batch size | requests | answered | lost | throughput (req/s) | p50 latency (ms) | p99 latency (ms) |",
-              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    header = ["| max batch size | requests | answered | lost | throughput (req/s) | p50 latency (ms) | p99 latency (ms) "
+              "| load average before |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     rows, lost = [], 0
 
     def measure(url: str, label: str) -> None:
         nonlocal lost
         for _ in range(WARMUP_REQUESTS):
             post(url + "/purify", body, "image/png")
+        load = os.getloadavg()[0]  # other jobs on the machine: the numbers are only as quiet as it was
         result = run_load(url, body, args.clients, args.seconds)
         lost += len(result.failures)
-        rows.append(row(label, result))
+        rows.append(row(label, result, load))
         print(rows[-1], *sorted(set(result.failures))[:3], sep="\n", flush=True)
 
     if args.url:

@@ -50,7 +50,7 @@ def served():
     from nrp_lightning.serve.client import running_server
 
     args = ["--page", "--accelerator", "cpu", "--max-batch-size", "4", "--batch-timeout", "0.05",
-            "--max-pixels", str(SERVED_MAX_PIXELS)]
+            "--max-pixels", str(SERVED_MAX_PIXELS), "--timeout", "900"]
     with running_server(args) as url:
         yield url
 

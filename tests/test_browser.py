@@ -24,8 +24,8 @@ from nrp_lightning.evaluation.metrics import psnr_per_image
 from nrp_lightning.images import decode_image, to_uint8
 from nrp_lightning.purify import load_purifier, purify_images
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
-STEP_TIMEOUT_MS = 240_000  # an attack on a busy 2-core CPU
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(1800)]
+STEP_TIMEOUT_MS = 600_000  # an attack on a 2-core CPU that a training run shares
 
 
 def artifacts() -> Path:
@@ -56,7 +56,8 @@ def test_demo_page_attack_and_purify(served, tmp_path):
             expect(page.locator("#status")).to_contain_text("Photo ready (512×341 px)", timeout=STEP_TIMEOUT_MS)
             page.select_option("#attack", "mifgsm")
             page.select_option("#source", "mobilenet_v2")  # the victim itself: a white-box attack
-            page.locator("#eps").fill("16")
+            page.eval_on_selector("#eps", "e => { e.value = 12; e.dispatchEvent(new Event('input')); }")  # the slider
+            expect(page.locator("#eps-value")).to_have_text("12")
             page.click("#run-attack")
             expect(page.locator("#status")).to_contain_text("Attacked", timeout=STEP_TIMEOUT_MS)
             page.click("#run-purify")
@@ -69,7 +70,7 @@ def test_demo_page_attack_and_purify(served, tmp_path):
                 width = page.eval_on_selector(f"#{which}", "img => img.naturalWidth")
                 assert width == 512, f"{which} image not shown ({width} px wide)"
             assert predictions["attacked"][0] != predictions["clean"][0], predictions  # the victim is fooled
-            assert "MI-FGSM, eps 16/255" in page.inner_text("#attack-about")
+            assert "MI-FGSM, eps 12/255" in page.inner_text("#attack-about")
             page.screenshot(path=str(artifacts() / "demo_page.png"), full_page=True)
 
             with page.expect_download() as download:
@@ -86,7 +87,7 @@ def test_demo_page_attack_and_purify(served, tmp_path):
     assert sorted(images) == ["attacked", "clean", "purified"]
     assert all(x.shape == (3, 341, 512) for x in images.values())
     clean, attacked = images["clean"], images["attacked"]
-    assert (attacked - clean).abs().max() <= 16 / 255 + 1e-6
+    assert 0 < (attacked - clean).abs().max() <= 12 / 255 + 1e-6
     expected = to_uint8(purify_images(load_purifier(), attacked[None])[0])
     assert np.abs(to_uint8(images["purified"]).astype(int) - expected.astype(int)).max() <= 1
     for which, text in shown_psnr.items():

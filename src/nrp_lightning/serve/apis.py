@@ -35,6 +35,7 @@ ATTACK_MAX_PIXELS = 1024 * 1024
 # distortion of the authors' 100 constant steps at 15% of the cost (attacks/ssp.py).
 SSP_STEPS = 15
 SSP_SOURCES = ("mobilenet_v2",)  # feature extractors whose ImageNet weights ship offline
+PRELOADED = (("classifier", "mobilenet_v2"), ("features", "mobilenet_v2"))
 
 
 @dataclass
@@ -207,6 +208,8 @@ class AttackAPI(ImageAPI):
     def setup(self, device: str) -> None:
         super().setup(device)
         self.models: dict[tuple[str, str], nn.Module] = {}
+        for kind, name in PRELOADED:  # the page's defaults: the first attack should not wait for them
+            self.model(kind, name)
 
     def model(self, kind: str, name: str) -> nn.Module:
         """A feature extractor (``kind`` features) or classifier by name, loaded once."""

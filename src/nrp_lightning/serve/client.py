@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-STARTUP_TIMEOUT = 300.0  # s: spawned workers import torch and load their models; a busy 2-core CPU is slow
+STARTUP_TIMEOUT = 900.0  # s: spawned workers import torch and load their models; a 2-core CPU shared with training is slow
 SHUTDOWN_TIMEOUT = 30.0
 
 
@@ -35,7 +35,7 @@ class Answer:
         return json.loads(self.body)
 
 
-def post(url: str, body: bytes, content_type: str = "application/octet-stream", timeout: float = 120.0) -> Answer:
+def post(url: str, body: bytes, content_type: str = "application/octet-stream", timeout: float = 600.0) -> Answer:
     """POST ``body`` to ``url``; 4xx and 5xx answers are returned, not raised."""
     request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
     try:
