@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="time each batch size is loaded (default 30)")
     parser.add_argument("--size", type=int, default=224, help="side of the square photo posted, px (default 224)")
     parser.add_argument("--accelerator", default="cpu", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--timeout", type=float, default=600.0, help="nrp-serve --timeout: queue wait before a 504, "
+                        "which counts as lost (default 600 s)")
     parser.add_argument("--checkpoint", help="purifier (default: the shipped one)")
     parser.add_argument("--url", help="load an nrp-serve that is already running instead (one row)")
     parser.add_argument("--out", type=Path, help="also write the table here (Markdown)")
@@ -143,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         for batch_size in args.batch_sizes:
             extra = ["--checkpoint", args.checkpoint] if args.checkpoint else []
             with running_server(["--accelerator", args.accelerator, "--max-batch-size", str(batch_size),
-                                 "--batch-timeout", str(args.batch_timeout), *extra]) as url:
+                                 "--batch-timeout", str(args.batch_timeout), "--timeout", str(args.timeout),
+                                 *extra]) as url:
                 measure(url, str(batch_size))
     command = "python benchmarks/serve_load.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = "\n".join([

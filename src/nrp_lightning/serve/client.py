@@ -69,7 +69,10 @@ def running_server(args: Sequence[str] = (), command: str = "nrp-serve",
     shutdown, which ends its workers) on exit. Its log goes to a temporary file, quoted on failure."""
     port = free_port()
     module = "serve_main" if command == "nrp-serve" else "demo_page_main"
-    code = f"import sys; from nrp_lightning.serve.cli import {module}; sys.exit({module}(sys.argv[1:]))"
+    # SIGINT back to Python's default: a background job of a non-interactive shell (CI) starts with it
+    # ignored, and the server would inherit that and miss the graceful-shutdown signal below.
+    code = (f"import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            f"from nrp_lightning.serve.cli import {module}; sys.exit({module}(sys.argv[1:]))")
     log = tempfile.NamedTemporaryFile(prefix="nrp-serve-", suffix=".log", delete=False)
     process = subprocess.Popen([sys.executable, "-c", code, "--port", str(port), *args], stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
