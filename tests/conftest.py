@@ -28,7 +28,7 @@ def browser_missing() -> str | None:
     return None
 
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("NRP_CHROMIUM", "/usr/bin/chromium")  # Debian's; `make browser` installs it
 
 
 def pytest_collection_modifyitems(config, items):
