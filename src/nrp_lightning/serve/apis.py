@@ -161,10 +161,11 @@ class PredictAPI(PurifierAPI):
         return self.decode(request)
 
     def setup(self, device: str) -> None:
-        from nrp_lightning.models.classifiers import imagenet_labels, load_classifier
+        from nrp_lightning.cli_purify import build_source
+        from nrp_lightning.models.classifiers import imagenet_labels
 
         super().setup(device)
-        self.classifier = load_classifier(self.classifier_name).to(self.torch_device)
+        self.classifier = build_source(self.classifier_name).to(self.torch_device)
         self.labels = imagenet_labels()
 
     def classify(self, images: dict[int, torch.Tensor]) -> dict[int, list[dict]]:
@@ -212,12 +213,13 @@ class AttackAPI(ImageAPI):
             self.model(kind, name)
 
     def model(self, kind: str, name: str) -> nn.Module:
-        """A feature extractor (``kind`` features) or classifier by name, loaded once."""
+        """A feature extractor (``kind`` features) or classifier by name (as ``nrp-attack --source``
+        takes it), loaded once."""
+        from nrp_lightning.cli_purify import build_source
         from nrp_lightning.models import features
-        from nrp_lightning.models.classifiers import load_classifier
 
         if (kind, name) not in self.models:
-            model = getattr(features, name)() if kind == "features" else load_classifier(name)
+            model = getattr(features, name)() if kind == "features" else build_source(name)
             self.models[kind, name] = model.to(self.torch_device)
         return self.models[kind, name]
 

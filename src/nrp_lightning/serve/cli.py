@@ -42,9 +42,10 @@ def serve_parser(prog: str = "nrp-serve", page: bool = False) -> argparse.Argume
     parser.add_argument("--checkpoint", help="NRP.pth, NRP_resG.pth, an exported state dict or an nrp-train .ckpt "
                                              "(default: the purifier shipped in the package)")
     parser.add_argument("--classifier", default="mobilenet_v2",
-                        help="the classifier of /predict (and the victim on the page): mobilenet_v2, "
-                             "efficientnet_lite0..2 (weights ship offline), tv:ARCH or timm:NAME (download; need "
-                             "internet or a filled cache). Default mobilenet_v2")
+                        help="the classifier of /predict (and the victim on the page), by the names nrp-attack "
+                             "--source takes: mobilenet_v2, efficientnet_lite0..2 (weights ship offline), the paper's "
+                             "models, tv:ARCH or timm:NAME (download: need internet or a filled cache). Default "
+                             "mobilenet_v2")
     parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the workers run (default: cuda if available)")
     parser.add_argument("--workers-per-device", type=int, default=1, metavar="N",
@@ -72,7 +73,7 @@ def serve_parser(prog: str = "nrp-serve", page: bool = False) -> argparse.Argume
 
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int | None:
     """Fail fast, in this process, on what the workers would fail on later; the memory budget in bytes."""
-    from nrp_lightning.models.classifiers import load_classifier
+    from nrp_lightning.cli_purify import build_source
     from nrp_lightning.purify import PurifierLoadError, load_purifier
     from nrp_lightning.weights import WeightsNotFoundError
 
@@ -86,7 +87,7 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     try:
         max_memory = None if args.max_memory is None else parse_memory(args.max_memory)
         load_purifier(args.checkpoint)
-        load_classifier(args.classifier)
+        build_source(args.classifier)
     except WeightsNotFoundError as exc:
         parser.error(f"--classifier {args.classifier}: {exc}\n(offline, mobilenet_v2 and efficientnet_lite0..2 work "
                      "with their weight packages)")
