@@ -50,8 +50,9 @@ def serve_parser(prog: str = "nrp-serve", page: bool = False) -> argparse.Argume
                         help="where the workers run (default: cuda if available)")
     parser.add_argument("--workers-per-device", type=int, default=1, metavar="N",
                         help="inference worker processes per device for /purify and for /predict (default 1)")
-    parser.add_argument("--max-batch-size", type=int, default=4, metavar="N",
-                        help="dynamic batching: serve up to N requests that arrive together as one batch (default 4)")
+    parser.add_argument("--max-batch-size", type=int, default=1, metavar="N",
+                        help="dynamic batching: serve up to N requests that arrive together as one batch (default 1: "
+                             "on 2 CPU cores batching lowered throughput, benchmarks/serve_load.md; try 8 on a GPU)")
     parser.add_argument("--batch-timeout", type=float, default=0.01, metavar="S",
                         help="dynamic batching: wait up to S seconds for a batch to fill (default 0.01)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
