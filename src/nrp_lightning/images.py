@@ -1,6 +1,6 @@
 """The one image loader and writer of the project.
 
-``load_image`` turns any file PIL can decode into a ``(3, H, W)`` float tensor in [0, 1]:
+``load_image`` (a file) and ``decode_image`` (its bytes) turn anything PIL can decode into a ``(3, H, W)`` float tensor in [0, 1]:
 EXIF rotation applied, grayscale/palette/CMYK converted to RGB, alpha composited on white,
 16-bit and 32-bit images scaled to [0, 1]. Anything else raises ``ImageLoadError`` with the reason.
 ``save_png`` writes atomically (temporary file, then rename), so a kill never leaves half a file.
@@ -8,6 +8,7 @@ EXIF rotation applied, grayscale/palette/CMYK converted to RGB, alpha composited
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 import warnings
@@ -24,6 +25,10 @@ MAX_PIXELS = 200_000_000  # PIL's bomb guard is 89M; a 6000x4000 photo is 24M
 
 class ImageLoadError(ValueError):
     """A file could not be turned into an RGB image; ``str(err)`` says which file and why."""
+
+
+class ImageTooLargeError(ImageLoadError):
+    """An image has more pixels than the caller allows (``decode_image(max_pixels=...)``)."""
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -48,21 +53,42 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     try:
         if path.stat().st_size == 0:
             raise ImageLoadError(f"{path}: empty file")
+        with open(path, "rb") as f:
+            return _decode(f, str(path))
+    except FileNotFoundError:
+        raise ImageLoadError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ImageLoadError(f"{path}: cannot read ({exc})") from None
+
+
+def decode_image(data: bytes, label: str = "image", max_pixels: int | None = None) -> torch.Tensor:
+    """``(3, H, W)`` float32 RGB in [0, 1] from the bytes of an image file (the conversions of
+    ``load_image``), or ``ImageLoadError`` naming ``label``. Images of more than ``max_pixels``
+    pixels raise ``ImageTooLargeError`` from their header alone, before anything is decoded."""
+    if not data:
+        raise ImageLoadError(f"{label}: empty (0 bytes)")
+    return _decode(io.BytesIO(data), label, max_pixels)
+
+
+def _decode(f: BinaryIO, label: str, max_pixels: int | None = None) -> torch.Tensor:
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-            with Image.open(path) as img:
+            with Image.open(f) as img:
+                width, height = img.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise ImageTooLargeError(f"{label}: {width}x{height} = {width * height} pixels, more than the "
+                                             f"{max_pixels} allowed")
                 img.load()  # decode now: truncated files fail here, not later
                 img = ImageOps.exif_transpose(img)
                 arr = _to_rgb_array(img)
     except ImageLoadError:
         raise
-    except FileNotFoundError:
-        raise ImageLoadError(f"{path}: no such file") from None
     except Image.UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not an image PIL can read") from None
+        raise ImageLoadError(f"{label}: not an image PIL can read") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(f"{path}: cannot decode ({exc})") from None
+        raise ImageLoadError(f"{label}: cannot decode ({exc})") from None
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
@@ -97,10 +123,17 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
         raise
 
 
+def png_bytes(x: torch.Tensor) -> bytes:
+    """``(3, H, W)`` in [0, 1] as the bytes of an 8-bit RGB PNG file."""
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(x)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def save_png(x: torch.Tensor, path: str | os.PathLike) -> Path:
     """Write ``(3, H, W)`` in [0, 1] as an 8-bit PNG, atomically. Returns the path."""
     with atomic_write(path) as f:
-        Image.fromarray(to_uint8(x)).save(f, format="PNG")
+        f.write(png_bytes(x))
     return Path(path)
 
 

@@ -50,6 +50,12 @@ OFFLINE_MODELS = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "e
 _LITE_INPUT_SIZE = {0: 224, 1: 240, 2: 260}
 
 
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet-1k class names in index order (torchvision's list, shipped in its code:
+    no download), the label space of every classifier here, timm's included."""
+    return list(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+
+
 class Classifier(nn.Module):
     """``(B,3,H,W)`` in [0,1] -> logits ``(B, num_classes)``: resize to ``input_size`` (bilinear,
     antialiased when shrinking), normalize with ``mean``/``std``, run ``body``. Frozen, eval mode."""

@@ -1,0 +1,113 @@
+"""Talking to ``nrp-serve`` from Python with the standard library: start one on a free port and wait
+for its health route (``running_server``), and post to it (``post``). The tests and the load test
+(``benchmarks/serve_load.py``) use these; a client needs nothing of this package but ``post``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+STARTUP_TIMEOUT = 900.0  # s: spawned workers import torch and load their models; a 2-core CPU shared with training is slow
+SHUTDOWN_TIMEOUT = 30.0
+
+
+@dataclass
+class Answer:
+    """An HTTP answer: ``status``, ``content_type`` and ``body`` (bytes)."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+    def json(self):
+        import json
+
+        return json.loads(self.body)
+
+
+def post(url: str, body: bytes, content_type: str = "application/octet-stream", timeout: float = 600.0) -> Answer:
+    """POST ``body`` to ``url``; 4xx and 5xx answers are returned, not raised."""
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return Answer(response.status, response.headers.get("Content-Type", ""), response.read())
+    except urllib.error.HTTPError as exc:
+        return Answer(exc.code, exc.headers.get("Content-Type", ""), exc.read())
+
+
+def get(url: str, timeout: float = 10.0) -> Answer:
+    """GET ``url``; 4xx and 5xx answers are returned, not raised."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return Answer(response.status, response.headers.get("Content-Type", ""), response.read())
+    except urllib.error.HTTPError as exc:
+        return Answer(exc.code, exc.headers.get("Content-Type", ""), exc.read())
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(args: Sequence[str] = (), command: str = "nrp-serve",
+                   startup_timeout: float = STARTUP_TIMEOUT) -> Iterator[str]:
+    """``nrp-serve ARGS`` (or ``nrp-demo-page``) on a free port of 127.0.0.1, in its own process group;
+    yields its base URL once ``/health`` answers ok, and stops it (SIGINT: LitServe's graceful
+    shutdown, which ends its workers) on exit. Its log goes to a temporary file, quoted on failure."""
+    port = free_port()
+    module = "serve_main" if command == "nrp-serve" else "demo_page_main"
+    # SIGINT back to Python's default: a background job of a non-interactive shell (CI) starts with it
+    # ignored, and the server would inherit that and miss the graceful-shutdown signal below.
+    code = (f"import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            f"from nrp_lightning.serve.cli import {module}; sys.exit({module}(sys.argv[1:]))")
+    log = tempfile.NamedTemporaryFile(prefix="nrp-serve-", suffix=".log", delete=False)
+    process = subprocess.Popen([sys.executable, "-c", code, "--port", str(port), *args], stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command} exited with {process.returncode} before it was up:\n{_tail(log.name)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{command} not healthy after {startup_timeout:.0f} s:\n{_tail(log.name)}")
+            with contextlib.suppress(OSError):
+                if get(f"{url}/health", timeout=2).status == 200:
+                    break
+            time.sleep(0.5)
+        yield url
+    finally:
+        _stop(process)
+        log.close()
+        os.unlink(log.name)
+
+
+def _tail(path: str, lines: int = 40) -> str:
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-lines:])
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGINT to the server; its process group (the workers it spawned) is killed if it lingers."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(SHUTDOWN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # the group is this server's own: start_new_session above
+    process.wait()
