@@ -123,10 +123,8 @@ def ssp(
     x_adv = random_start(x, eps_01, start, generator)
     for kappa in kappas:
         x_adv.requires_grad_(True)
-        if diversity > 0:
-            loss = _diverse_distance(x_adv, x, features, distance, diversity, generator)
-        else:
-            loss = feature_distance(features(x_adv), feat_clean, distance)
+        loss = (_diverse_distance(x_adv, x, feat_clean, features, distance, diversity, generator) if diversity > 0
+                else feature_distance(features(x_adv), feat_clean, distance))
         (grad,) = torch.autograd.grad(loss, x_adv)
         with torch.no_grad():
             x_adv = project_linf(x_adv + kappa * grad.sign(), x, eps_01)
@@ -139,14 +137,18 @@ def check_diversity(diversity: float) -> None:
         raise ValueError(f"SSP diversity is a probability in [0, 1] (0: off, the paper's SSP), got {diversity}")
 
 
-def _diverse_distance(x_adv: torch.Tensor, x: torch.Tensor, features: nn.Module, distance: str, prob: float,
-                      generator: torch.Generator | None) -> torch.Tensor:
-    """d(F(T(x')), F(T(x))) with one random DIM transform T shared by both halves."""
+def _diverse_distance(x_adv: torch.Tensor, x: torch.Tensor, feat_clean: torch.Tensor, features: nn.Module,
+                      distance: str, prob: float, generator: torch.Generator | None) -> torch.Tensor:
+    """d(F(T(x')), F(T(x))) with one random DIM transform T shared by both halves; where the draw
+    leaves the images as they are, d(F(x'), F(x)) with the clean features already computed."""
     from nrp_lightning.attacks.transfer import input_diversity  # transfer imports this module
 
-    both = input_diversity(torch.cat([x_adv, x]), prob, generator=generator)
-    feat_adv, feat_clean = features(both).chunk(2)
-    return feature_distance(feat_adv, feat_clean.detach(), distance)
+    pair = torch.cat([x_adv, x])
+    both = input_diversity(pair, prob, generator=generator)
+    if both is pair:  # not transformed this step
+        return feature_distance(features(x_adv), feat_clean, distance)
+    feat_adv, feat_transformed = features(both).chunk(2)
+    return feature_distance(feat_adv, feat_transformed.detach(), distance)
 
 
 @dataclass

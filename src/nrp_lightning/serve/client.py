@@ -37,18 +37,17 @@ class Answer:
 
 def post(url: str, body: bytes, content_type: str = "application/octet-stream", timeout: float = 600.0) -> Answer:
     """POST ``body`` to ``url``; 4xx and 5xx answers are returned, not raised."""
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return Answer(response.status, response.headers.get("Content-Type", ""), response.read())
-    except urllib.error.HTTPError as exc:
-        return Answer(exc.code, exc.headers.get("Content-Type", ""), exc.read())
+    return _send(urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type}), timeout)
 
 
 def get(url: str, timeout: float = 10.0) -> Answer:
     """GET ``url``; 4xx and 5xx answers are returned, not raised."""
+    return _send(urllib.request.Request(url), timeout)
+
+
+def _send(request: urllib.request.Request, timeout: float) -> Answer:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return Answer(response.status, response.headers.get("Content-Type", ""), response.read())
     except urllib.error.HTTPError as exc:
         return Answer(exc.code, exc.headers.get("Content-Type", ""), exc.read())
