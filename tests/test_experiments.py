@@ -197,3 +197,22 @@ def test_probe_purifier_imports_and_formats_its_table_with_intervals():
     row = {"psnr": 34.06, f"changed_{BLACK_BOX}": 40.0, "success_SSP": 54.29}
     table = markdown({"NRP": row}, n=35, attacks=["SSP"])
     assert "| NRP | 34.1 | 40.0 [25.6, 56.4] | 54.3 [38.2, 69.5] |" in table
+
+
+def test_probe_inference_variants_keep_shape_range_and_their_definitions():
+    """The inference-side screen of docs/reproduction.md: with an identity purifier, plain and
+    flip2 give the input back, up2 equals the resampling control, dynamic stays within 16/255 and
+    repeats its seeded draw; an uneven purifier (a one-pixel shift) shows flip2 averages two views."""
+    from experiments.probe_inference import variants
+
+    x = torch.rand(2, 3, 32, 40)
+    table = variants(torch.nn.Identity())
+    for name, f in table.items():
+        y = f(x)
+        assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1, name
+    assert torch.equal(table["plain"](x), x) and torch.allclose(table["flip2"](x), x)
+    assert torch.allclose(table["up2"](x), table["resample2"](x))
+    dyn = table["dynamic"](x)
+    assert 0 < float((dyn - x).abs().max()) <= 16 / 255 + 1e-6 and torch.equal(dyn, table["dynamic"](x))
+    shifted = variants(lambda t: torch.roll(t, 1, -1))
+    assert torch.allclose(shifted["flip2"](x), (torch.roll(x, 1, -1) + torch.roll(x, -1, -1)) / 2)

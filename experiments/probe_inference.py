@@ -1,0 +1,84 @@
+"""The screen of ``probe_purifier.py`` for inference-side variants of one purifier (no training).
+
+Each variant wraps the same purifier P differently at test time; the screen shows whether any of
+them moves the clean-vs-robust trade-off of docs/reproduction.md section 2 rather than sliding
+along it:
+
+- ``plain``: P(x)
+- ``flip2``: the mean of P(x) and the flipped-back P(flip(x)) (a two-view self-ensemble)
+- ``dynamic``: P of x plus one clipped Gaussian draw (sigma 0.05, within 16/255: dynamic inference)
+- ``dynamic_avg4``: the mean of P over four such draws
+- ``up1.5`` / ``up2``: x resized up (bicubic) by 1.5 / 2, purified, resized back (antialiased)
+- ``resample2``: that resizing by 2 and back without the purifier (the control for ``up2``)
+
+    python experiments/probe_inference.py [PURIFIER] --variants plain flip2 dynamic
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nrp_lightning.purify import DYNAMIC_EPS, DYNAMIC_SIGMA, load_purifier
+
+sys.path.insert(0, str(Path(__file__).parent))
+from probe_purifier import VICTIMS, adversarial_sets, heldout_images, load_classifier, probe  # noqa: E402
+
+
+def _noisy(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    noise = (torch.randn(x.shape, generator=g) * DYNAMIC_SIGMA).clamp(-DYNAMIC_EPS / 255, DYNAMIC_EPS / 255)
+    return (x + noise).clamp(0, 1)
+
+
+def _resample(x: torch.Tensor, scale: float, inner=lambda u: u) -> torch.Tensor:
+    u = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+    return F.interpolate(inner(u), size=x.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+
+
+def variants(purifier) -> dict:
+    """name -> function of a (B,3,H,W) batch in [0,1], returning the defended batch, same shape."""
+    def dynamic(x, draws=1):
+        g = torch.Generator().manual_seed(0)
+        return torch.stack([purifier(_noisy(x, g)) for _ in range(draws)]).mean(0)
+
+    table = {
+        "plain": purifier,
+        "flip2": lambda x: (purifier(x) + purifier(x.flip(-1)).flip(-1)) / 2,
+        "dynamic": dynamic,
+        "dynamic_avg4": lambda x: dynamic(x, 4),
+        "up1.5": lambda x: _resample(x, 1.5, purifier),
+        "up2": lambda x: _resample(x, 2.0, purifier),
+        "resample2": lambda x: _resample(x, 2.0),
+    }
+    return {name: (lambda x, f=f: f(x).clamp(0, 1)) for name, f in table.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("purifier", nargs="?", help="any purifier file load_purifier reads (default: the shipped one)")
+    parser.add_argument("--variants", nargs="*", default=None, help="which variants (default: all)")
+    parser.add_argument("--photos", type=Path, default=Path("data/photos/heldout"))
+    parser.add_argument("--cache", type=Path, default=Path("outputs/probe_cache"))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    table = variants(load_purifier(args.purifier).eval())
+    unknown = set(args.variants or []) - set(table)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {list(table)}")
+    defenses = {k: v for k, v in table.items() if args.variants is None or k in args.variants}
+    x = heldout_images(args.photos)
+    victims = {v: load_classifier(v) for v in VICTIMS}
+    adv = adversarial_sets(x, victims["mobilenet_v2"], args.cache)
+    results, _ = probe(defenses, x, adv, victims)
+    cols = ["psnr", *[f"changed_{v}" for v in VICTIMS], "changed_confident", *[f"success_{a}" for a in adv]]
+    print("variant".ljust(14) + "".join(c.replace("changed_", "chg_").replace("efficientnet_", "")[:14].rjust(15) for c in cols))
+    for name, row in results.items():
+        print(name.ljust(14) + "".join(f"{row[c]:15.1f}" for c in cols))
+
+
+if __name__ == "__main__":
+    main()
