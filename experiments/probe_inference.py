@@ -22,15 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nrp_lightning.purify import DYNAMIC_EPS, DYNAMIC_SIGMA, load_purifier
+from nrp_lightning.purify import dynamic_perturb, load_purifier
 
 sys.path.insert(0, str(Path(__file__).parent))
-from probe_purifier import VICTIMS, adversarial_sets, heldout_images, load_classifier, probe  # noqa: E402
-
-
-def _noisy(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    noise = (torch.randn(x.shape, generator=g) * DYNAMIC_SIGMA).clamp(-DYNAMIC_EPS / 255, DYNAMIC_EPS / 255)
-    return (x + noise).clamp(0, 1)
+from probe_purifier import print_table, probe, screen_inputs  # noqa: E402
 
 
 def _resample(x: torch.Tensor, scale: float, inner=lambda u: u) -> torch.Tensor:
@@ -42,7 +37,7 @@ def variants(purifier) -> dict:
     """name -> function of a (B,3,H,W) batch in [0,1], returning the defended batch, same shape."""
     def dynamic(x, draws=1):
         g = torch.Generator().manual_seed(0)
-        return torch.stack([purifier(_noisy(x, g)) for _ in range(draws)]).mean(0)
+        return torch.stack([purifier(dynamic_perturb(x, g)) for _ in range(draws)]).mean(0)
 
     table = {
         "plain": purifier,
@@ -70,14 +65,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {list(table)}")
     defenses = {k: v for k, v in table.items() if args.variants is None or k in args.variants}
-    x = heldout_images(args.photos)
-    victims = {v: load_classifier(v) for v in VICTIMS}
-    adv = adversarial_sets(x, victims["mobilenet_v2"], args.cache)
+    x, victims, adv = screen_inputs(args.photos, args.cache)
     results, _ = probe(defenses, x, adv, victims)
-    cols = ["psnr", *[f"changed_{v}" for v in VICTIMS], "changed_confident", *[f"success_{a}" for a in adv]]
-    print("variant".ljust(14) + "".join(c.replace("changed_", "chg_").replace("efficientnet_", "")[:14].rjust(15) for c in cols))
-    for name, row in results.items():
-        print(name.ljust(14) + "".join(f"{row[c]:15.1f}" for c in cols))
+    print_table(results, list(adv), head="variant", width=14)
 
 
 if __name__ == "__main__":

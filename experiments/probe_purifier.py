@@ -83,6 +83,22 @@ def probe(defenses: dict, x: torch.Tensor, adv: dict[str, torch.Tensor], victims
     return results, int(confident.sum())
 
 
+def screen_inputs(photos: Path, cache: Path) -> tuple[torch.Tensor, dict, dict[str, torch.Tensor]]:
+    """The screen's held-out images ``(N,3,224,224)``, the four victims by name and the cached
+    adversarial sets of MobileNetV2 (name -> ``(N,3,224,224)``)."""
+    x = heldout_images(photos)
+    victims = {v: load_classifier(v) for v in VICTIMS}
+    return x, victims, adversarial_sets(x, victims["mobilenet_v2"], cache)
+
+
+def print_table(results: dict[str, dict], attacks: list[str], head: str = "defence", width: int = 44) -> None:
+    """The screen's rows as a fixed-width text table (labels cut to their last ``width`` characters)."""
+    cols = ["psnr", *[f"changed_{v}" for v in VICTIMS], "changed_confident", *[f"success_{a}" for a in attacks]]
+    print(head.ljust(width) + "".join(c.replace("changed_", "chg_").replace("efficientnet_", "")[:14].rjust(15) for c in cols))
+    for name, row in results.items():
+        print(name[-width:].ljust(width) + "".join(f"{row[c]:15.1f}" for c in cols))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="*", help="purifier files (any format load_purifier reads)")
@@ -94,9 +110,7 @@ def main() -> None:
     parser.add_argument("--names", nargs="*", help="row labels for the checkpoints (default: their paths)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    x = heldout_images(args.photos)
-    victims = {v: load_classifier(v) for v in VICTIMS}
-    adv = adversarial_sets(x, victims["mobilenet_v2"], args.cache)
+    x, victims, adv = screen_inputs(args.photos, args.cache)
     defenses = {"none": lambda b: b, "JPEG75": JPEG(75)} if args.baselines else {}
     if args.names and len(args.names) != len(args.checkpoints):
         parser.error(f"--names gives {len(args.names)} labels for {len(args.checkpoints)} checkpoints")
@@ -108,10 +122,7 @@ def main() -> None:
         defenses[name] = lambda b, p=purifier: p(b).clamp(0, 1)
     results, n_conf = probe(defenses, x, adv, victims)
     print(f"{len(x)} held-out crops ({n_conf} with {BLACK_BOX} clean top-1 prob >= {CONFIDENT})", file=sys.stderr)
-    cols = ["psnr", *[f"changed_{v}" for v in VICTIMS], "changed_confident", *[f"success_{a}" for a in adv]]
-    print("defence".ljust(44) + "".join(c.replace("changed_", "chg_").replace("efficientnet_", "")[:14].rjust(15) for c in cols))
-    for name, row in results.items():
-        print(name[-44:].ljust(44) + "".join(f"{row[c]:15.1f}" for c in cols))
+    print_table(results, list(adv))
     print(json.dumps(results))
     if args.markdown:
         print(markdown(results, len(x), list(adv)))
