@@ -1,7 +1,7 @@
 import torch
 
-from nrp_lightning.losses import (feature_distance, pixel_loss, ragan_critic_loss, ragan_generator_loss,
-                                  vanilla_critic_loss)
+from nrp_lightning.losses import (feature_distance, output_consistency_loss, pixel_loss, ragan_critic_loss,
+                                  ragan_generator_loss, vanilla_critic_loss)
 
 
 def test_ragan_losses_reward_the_right_side():
@@ -19,3 +19,14 @@ def test_distances_are_zero_at_equality_and_positive_otherwise():
         assert feature_distance(a, a, d).abs() < 1e-6
         assert feature_distance(a, a + torch.rand_like(a) - 0.5, d) > 0
     assert torch.isclose(pixel_loss(torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2)), torch.tensor(1.0))
+
+
+def test_output_consistency_is_the_kl_of_the_clean_prediction_to_the_purified_one():
+    clean = torch.tensor([[4.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    assert output_consistency_loss(clean + 7.0, clean).abs() < 1e-6  # same softmax, shifted logits
+    purified = torch.tensor([[0.0, 4.0, 0.0], [0.0, 2.0, 0.0]], requires_grad=True)
+    loss = output_consistency_loss(purified, clean)
+    p, q = clean.softmax(1)[0], purified.detach().softmax(1)[0]
+    assert torch.isclose(loss, (p * (p / q).log()).sum() / 2)  # KL(f(x) || f(P(x'))), mean over the batch
+    loss.backward()
+    assert purified.grad[0].abs().sum() > 0 and purified.grad[1].abs().sum() < 1e-6

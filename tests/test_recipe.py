@@ -4,11 +4,13 @@ import math
 
 import pytest
 import torch
+from _tiny import smooth_images, tiny_classifier
 from PIL import Image
 
 from nrp_lightning.config import compose
 from nrp_lightning.data import ImageFolder, RandomCrops
 from nrp_lightning.lit_module import NRPModule
+from nrp_lightning.models.classifiers import load_classifier
 from nrp_lightning.models.critic import VGGCritic
 from nrp_lightning.models.purifier import RESIDUAL_INIT_SCALE, ResNetPurifier, RRDBPurifier
 from nrp_lightning.train import start_from
@@ -108,6 +110,34 @@ def test_cosine_schedule_needs_a_length():
         _module(lr_schedule="step")
 
 
+def test_kappa_adds_the_output_classifiers_kl_to_the_purifier_loss():
+    with pytest.raises(ValueError, match="output_classifier"):
+        _module(kappa=1.0)
+    with pytest.raises(ValueError, match="kappa"):
+        _module(kappa=-1.0, output_classifier=tiny_classifier())
+    assert _module(output_classifier=tiny_classifier()).output_classifier is None  # kappa 0: not kept
+    x = smooth_images(4, 32)
+    module = _module(kappa=2.0, output_classifier=tiny_classifier(size=None))
+    purified = module.purifier(x + 0.05 * torch.randn_like(x))
+    with torch.no_grad():
+        feat_clean, logits_clean = module.features(x), module.output_classifier(x)
+    terms = module.purifier_loss(x, purified, feat_clean, logits_clean)
+    paper = module.hparams.alpha * terms["loss_adv"] + module.hparams.gamma * terms["loss_img"] + terms["loss_feat"]
+    assert terms["loss_out"] > 0 and torch.isclose(terms["loss_purifier"], paper + 2.0 * terms["loss_out"])
+    terms["loss_purifier"].backward()
+    assert not any(p.grad is not None for p in module.output_classifier.parameters())  # f stays frozen
+    assert "loss_out" not in _module().purifier_loss(x, purified.detach(), feat_clean)
+
+
+def test_native_size_classifier_skips_the_resize():
+    seen = []
+    for native in (False, True):
+        model = load_classifier("mobilenet_v2", pretrained=False, native_size=native)
+        model.body.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[-1]))
+        assert model(torch.rand(1, 3, 64, 64)).shape == (1, 1000)
+    assert seen == [224, 64]
+
+
 def test_init_purifier_copies_weights_and_refuses_other_sizes(tmp_path):
     donor = RRDBPurifier(8, 1, 4)
     torch.save(donor.state_dict(), tmp_path / "p.pth")
@@ -125,6 +155,7 @@ def test_nrp_cpu_recipe_composes_with_its_options(tmp_path):
     assert cfg.module.lr_schedule == "cosine" and cfg.module.schedule_iterations == cfg.steps
     full = compose(["experiment=nrp_full"], run_dir=str(tmp_path))
     assert full.module.lr_schedule == "constant" and full.module.weak_fraction == 0.0 and full.init_purifier is None
+    assert full.loss.kappa == 0.0 and cfg.output_classifier.native_size
 
 
 def test_the_shipped_purifier_loads_by_default_with_its_card():

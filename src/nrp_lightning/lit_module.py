@@ -1,7 +1,9 @@
 """The NRP min-max game (Algorithm 2) as a LightningModule with manual optimization.
 
 Each training step: SSP adversaries of the batch (gradients through F only), purify, one
-purifier step on ``alpha·L_adv + gamma·L_img + lambda·L_feat`` (Eq. 8), one critic step.
+purifier step on ``alpha·L_adv + gamma·L_img + lambda·L_feat`` (Eq. 8), one critic step. An
+option the paper does not have adds ``kappa·L_out``, a classifier's predictions on P(x') held to
+those on x (``loss.kappa``, 0 by default).
 
 Note on step counts: with two optimizers stepped by hand, Lightning's ``global_step`` counts
 *optimizer* steps, i.e. two per iteration; configs therefore set ``trainer.max_steps`` to
@@ -20,7 +22,7 @@ from torch import nn
 
 from nrp_lightning.attacks.ssp import SSP
 from nrp_lightning.losses import (ALPHA, GAMMA, GAN_LOSSES, LAMBDA, PIXEL_DISTANCES, feature_distance, feature_loss,
-                                  pixel_loss)
+                                  output_consistency_loss, pixel_loss)
 
 class DivergenceError(RuntimeError):
     """Training produced non-finite losses or gradients for more steps in a row than allowed."""
@@ -74,13 +76,17 @@ class NRPModule(pl.LightningModule):
         max_nonfinite_steps: more iterations in a row than this with a skipped step stop the run
             with ``DivergenceError`` (checked every ``log_every_n_steps`` iterations, when the
             counters are read anyway); the checkpoints hold the last finite weights.
+        kappa: weight of L_out (not in the paper; 0 = off): ``KL(f(x) || f(P(x')))`` of
+            ``output_classifier`` f, frozen, ``(B,3,H,W)`` in [0,1] -> logits ``(B, K)``. L_feat
+            holds one layer of F; this holds the prediction a classifier makes from the image.
     """
 
     def __init__(self, purifier: nn.Module, critic: nn.Module, features: nn.Module, attack: Attack,
                  val_attack: Attack | None = None, alpha: float = ALPHA, gamma: float = GAMMA, lam: float = LAMBDA, gan_loss: str = "ragan", pixel_distance: str = "mse",
                  lr_purifier: float = 1e-4, lr_critic: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
                  weak_fraction: float = 0.0, lr_schedule: str = "constant", schedule_iterations: int | None = None, channels_last: bool = False, compile: bool = False, fused_adam: bool = True, seed: int = 0,
-                 reference_steps: int = 100, divergence_guard: bool = True, max_nonfinite_steps: int = 30) -> None:
+                 reference_steps: int = 100, divergence_guard: bool = True, max_nonfinite_steps: int = 30,
+                 kappa: float = 0.0, output_classifier: nn.Module | None = None) -> None:
         super().__init__()
         if gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss must be one of {sorted(GAN_LOSSES)}, got {gan_loss!r}")
@@ -96,11 +102,14 @@ class NRPModule(pl.LightningModule):
             raise ValueError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         if reference_steps < 0:
             raise ValueError(f"reference_steps must be >= 0 (0: off), got {reference_steps}")
-        if min(alpha, gamma, lam) < 0:
-            raise ValueError(f"loss weights must be >= 0, got alpha={alpha} gamma={gamma} lam={lam}")
+        if min(alpha, gamma, lam, kappa) < 0:
+            raise ValueError(f"loss weights must be >= 0, got alpha={alpha} gamma={gamma} lam={lam} kappa={kappa}")
+        if kappa > 0 and output_classifier is None:
+            raise ValueError(f"loss.kappa={kappa} needs an output_classifier (the classifier whose predictions L_out holds)")
         self.automatic_optimization = False
-        self.save_hyperparameters(ignore=["purifier", "critic", "features", "attack", "val_attack"])
+        self.save_hyperparameters(ignore=["purifier", "critic", "features", "attack", "val_attack", "output_classifier"])
         self.purifier, self.critic, self.features, self.attack = purifier, critic, features, attack
+        self.output_classifier = output_classifier if kappa > 0 else None
         self.val_attack = val_attack if val_attack is not None else attack
         self.generator_gan_loss, self.critic_gan_loss = GAN_LOSSES[gan_loss]
         self._rng_to_restore: dict | None = None
@@ -110,11 +119,16 @@ class NRPModule(pl.LightningModule):
     # ----------------------------------------------------------------- setup
     def configure_model(self) -> None:
         if self.hparams.channels_last:
-            for net in (self.purifier, self.critic, self.features):
+            for net in self.networks():
                 net.to(memory_format=torch.channels_last)
         if self.hparams.compile:
-            for net in (self.purifier, self.critic, self.features):
+            for net in self.networks():
                 net.compile()
+
+    def networks(self) -> list[nn.Module]:
+        """P, C, F and, with ``kappa > 0``, the output classifier."""
+        nets = [self.purifier, self.critic, self.features]
+        return nets + [self.output_classifier] if self.output_classifier is not None else nets
 
     def configure_optimizers(self):
         def adam(params, lr):
@@ -167,15 +181,21 @@ class NRPModule(pl.LightningModule):
             x_adv = x + strength.view(b, 1, 1, 1) * (x_adv - x)
         return x_adv
 
-    def purifier_loss(self, x: torch.Tensor, purified: torch.Tensor, feat_clean: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Eq. 8 and its three terms. The critic sees real images without gradient."""
+    def purifier_loss(self, x: torch.Tensor, purified: torch.Tensor, feat_clean: torch.Tensor,
+                      logits_clean: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Eq. 8 and its three terms, plus ``kappa·L_out`` when ``kappa > 0`` (``logits_clean``: the
+        output classifier's ``(B, K)`` logits of x). The critic sees real images without gradient."""
         hp = self.hparams
         logits_real = self.critic(x).detach()
         l_adv = self.generator_gan_loss(self.critic(purified), logits_real) if hp.alpha > 0 else purified.new_zeros(())
         l_img = pixel_loss(purified, x, hp.pixel_distance)
         l_feat = feature_loss(self.features(purified), feat_clean) if hp.lam > 0 else purified.new_zeros(())
         loss = hp.alpha * l_adv + hp.gamma * l_img + hp.lam * l_feat
-        return {"loss_purifier": loss, "loss_adv": l_adv, "loss_img": l_img, "loss_feat": l_feat}
+        terms = {"loss_purifier": loss, "loss_adv": l_adv, "loss_img": l_img, "loss_feat": l_feat}
+        if self.output_classifier is not None:
+            terms["loss_out"] = output_consistency_loss(self.output_classifier(purified), logits_clean)
+            terms["loss_purifier"] = loss + hp.kappa * terms["loss_out"]
+        return terms
 
     def critic_loss(self, x: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
         """Line 6: the critic learns to tell x from P(x')."""
@@ -187,11 +207,12 @@ class NRPModule(pl.LightningModule):
         x = self._prepare(x)
         with torch.no_grad():
             feat_clean = self.features(x)
+            logits_clean = self.output_classifier(x) if self.output_classifier is not None else None
         x_adv = self.find_adversaries(x)
         purified = self.purifier(x_adv)
 
         self.toggle_optimizer(opt_purifier)
-        terms = self.purifier_loss(x, purified, feat_clean)
+        terms = self.purifier_loss(x, purified, feat_clean, logits_clean)
         opt_purifier.zero_grad(set_to_none=True)
         self.manual_backward(terms["loss_purifier"])
         norm_purifier, bad_purifier = self.guarded_step(opt_purifier, self.purifier, terms["loss_purifier"])

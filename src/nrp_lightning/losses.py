@@ -41,6 +41,14 @@ def feature_loss(feat_purified: torch.Tensor, feat_clean: torch.Tensor) -> torch
     return feature_distance(feat_purified, feat_clean, "mae")
 
 
+def output_consistency_loss(logits_purified: torch.Tensor, logits_clean: torch.Tensor) -> torch.Tensor:
+    """L_out (not in the paper; ``loss.kappa``): ``KL(f(x) || f(P(x')))`` of a frozen classifier's
+    softmax, summed over classes and averaged over the batch. Logits ``(B, K)``; ``logits_clean``
+    carries no gradient. Where L_feat holds one layer's features, this holds the prediction itself."""
+    return F.kl_div(F.log_softmax(logits_purified.float(), dim=1), F.log_softmax(logits_clean.float(), dim=1),
+                    log_target=True, reduction="batchmean")
+
+
 PIXEL_DISTANCES = ("mse", "l2")
 
 

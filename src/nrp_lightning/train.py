@@ -36,7 +36,8 @@ class RunExistsError(RuntimeError):
 
 def build_module(cfg: DictConfig) -> NRPModule:
     """NRPModule from the ``model`` (purifier), ``critic``, ``backbone``, ``attack``, ``loss`` and
-    ``module`` groups and the ``val_attack`` node."""
+    ``module`` groups and the ``val_attack`` node; the ``output_classifier`` node is built only when
+    ``loss.kappa > 0``."""
     inst = lambda node: hydra.utils.instantiate(node, _convert_="all")  # noqa: E731  (plain Python values)
     purifier = inst(cfg.model)
     if cfg.get("init_purifier"):
@@ -44,6 +45,7 @@ def build_module(cfg: DictConfig) -> NRPModule:
     return NRPModule(
         purifier=purifier, critic=inst(cfg.critic), features=inst(cfg.backbone), attack=inst(cfg.attack),
         val_attack=inst(cfg.val_attack),
+        output_classifier=inst(cfg.output_classifier) if cfg.loss.get("kappa", 0) > 0 else None,
         **OmegaConf.to_container(cfg.loss, resolve=True), **OmegaConf.to_container(cfg.module, resolve=True), seed=cfg.seed,
     )
 

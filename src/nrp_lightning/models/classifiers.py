@@ -58,11 +58,12 @@ def imagenet_labels() -> list[str]:
 
 class Classifier(nn.Module):
     """``(B,3,H,W)`` in [0,1] -> logits ``(B, num_classes)``: resize to ``input_size`` (bilinear,
-    antialiased when shrinking), normalize with ``mean``/``std``, run ``body``. Frozen, eval mode."""
+    antialiased when shrinking; ``None``: no resize, the input's own size), normalize with
+    ``mean``/``std``, run ``body``. Frozen, eval mode."""
 
-    def __init__(self, body: nn.Module, name: str, input_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
+    def __init__(self, body: nn.Module, name: str, input_size: int | None, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
         super().__init__()
-        self.name, self.input_size = name, int(input_size)
+        self.name, self.input_size = name, None if input_size is None else int(input_size)
         self.normalize = Normalize(tuple(mean), tuple(std))
         self.body = body
         self.requires_grad_(False)
@@ -72,7 +73,7 @@ class Classifier(nn.Module):
         return super().train(False)  # victims and sources are fixed: BatchNorm never updates
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.input_size, self.input_size):
+        if self.input_size is not None and x.shape[-2:] != (self.input_size, self.input_size):
             shrink = min(x.shape[-2:]) > self.input_size
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False, antialias=shrink)
@@ -168,8 +169,17 @@ def timm_classifier(name: str, pretrained: bool = True) -> Classifier:
     return Classifier(body, name, cfg["input_size"][-1], cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
 
 
-def load_classifier(name: str, pretrained: bool = True, weights_path: str | None = None) -> Classifier:
-    """A classifier by name (see the module docstring), frozen, in eval mode."""
+def load_classifier(name: str, pretrained: bool = True, weights_path: str | None = None,
+                    native_size: bool = False) -> Classifier:
+    """A classifier by name (see the module docstring), frozen, in eval mode. ``native_size``: no
+    resize to the model's input size; the CNN sees the input at its own size (global pooling)."""
+    model = _load_classifier(name, pretrained, weights_path)
+    if native_size:
+        model.input_size = None
+    return model
+
+
+def _load_classifier(name: str, pretrained: bool, weights_path: str | None) -> Classifier:
     if name == "mobilenet_v2":
         return torchvision_classifier("mobilenet_v2", pretrained, weights_path)
     if m := re.fullmatch(r"efficientnet_lite(\d)", name):
