@@ -8,7 +8,7 @@ from _tiny import smooth_images, tiny_classifier
 from PIL import Image
 
 from nrp_lightning.config import compose
-from nrp_lightning.data import ImageFolder, RandomCrops
+from nrp_lightning.data import ImageFolder, NRPDataModule, RandomCrops, dihedral
 from nrp_lightning.lit_module import NRPModule
 from nrp_lightning.models.classifiers import load_classifier
 from nrp_lightning.models.critic import VGGCritic
@@ -36,6 +36,34 @@ def test_multiscale_crops_cover_the_scale_range(tmp_path):
     assert (windows - native[:, None, None]).abs().amax(dim=(0, 3, 4)).min() < 1e-6
     with pytest.raises(ValueError, match="scales"):
         RandomCrops(ImageFolder(str(tmp_path)), crop_size=32, scales=(16, 300))
+
+
+def test_dihedral_is_the_eight_symmetries_of_the_square():
+    img = torch.arange(3 * 4 * 4, dtype=torch.float32).reshape(3, 4, 4)
+    maps = [dihedral(img, k) for k in range(8)]
+    assert torch.equal(maps[0], img) and all(m.shape == img.shape for m in maps)
+    assert len({tuple(m.flatten().tolist()) for m in maps}) == 8  # all distinct
+    assert torch.equal(maps[1], img.flip(-1)) and torch.equal(maps[4], img.transpose(-2, -1))
+    assert torch.equal(maps[3], torch.rot90(img, 2, (-2, -1)))
+
+
+def test_augmented_crops_are_symmetries_of_the_plain_crops_and_validation_is_not_augmented(tmp_path):
+    _photo(tmp_path / "a.png", 400, 300)
+    kinds = set()
+    for i in range(24):
+        torch.manual_seed(i)  # the same window for both: augmentation draws after the position
+        plain = RandomCrops(ImageFolder(str(tmp_path)), crop_size=32, length=1, scales=(64, 300))[0]
+        torch.manual_seed(i)
+        aug = RandomCrops(ImageFolder(str(tmp_path)), crop_size=32, length=1, scales=(64, 300), augment=True)[0]
+        matches = [k for k in range(8) if torch.equal(aug, dihedral(plain, k))]
+        assert matches, "an augmented crop must be one of the eight symmetries of the plain crop"
+        kinds.add(matches[0])
+    assert len(kinds) >= 5  # the symmetry is drawn, not fixed
+    dm = NRPDataModule(ImageFolder(str(tmp_path)), crop_size=32, val_images=0,
+                       scales=(64, 300), augment=True)
+    assert dm.train_set.augment
+    fixed = RandomCrops(ImageFolder(str(tmp_path)), crop_size=32, length=2, scales=(64, 300), fixed=True, augment=True)
+    assert not fixed.augment and torch.equal(fixed[0], fixed[0])
 
 
 def test_cached_folder_returns_the_same_pixels(tmp_path):

@@ -165,19 +165,25 @@ class RandomCrops(Dataset):
     with ``hi`` near the native size it holds fine texture. Large photos then give many distinct
     crops. ``scales=None``: the paper's crops (after the optional ``resize``).
 
+    ``augment=True`` (not in the paper; BasicSR's ``augment(hflip=True, rotation=True)``, which the
+    authors' training base applies to its crops) maps each training crop by one of the eight
+    symmetries of the square (flips and 90 degree turns), drawn uniformly, so 13 photos give eight
+    times as many distinct crops. Fixed (validation) crops are never augmented.
+
     Unreadable images are skipped with a warning (the next image is used) and counted in
     ``skipped``; the epoch never dies on one bad file. ``fixed=True`` gives the same crops every
     epoch (validation); otherwise positions come from torch's global RNG.
     """
 
     def __init__(self, source, crop_size: int = 128, length: int = 1000, resize: int | None = None,
-                 seed: int = 0, fixed: bool = False, scales: tuple[int, int] | None = None) -> None:
+                 seed: int = 0, fixed: bool = False, scales: tuple[int, int] | None = None,
+                 augment: bool = False) -> None:
         if len(source) == 0:
             raise ValueError("RandomCrops got an empty image source")
         if scales is not None and not crop_size <= scales[0] <= scales[1]:
             raise ValueError(f"scales must be (lo, hi) with crop_size={crop_size} <= lo <= hi, got {scales}")
         self.source, self.crop_size, self.length, self.resize = source, crop_size, length, resize
-        self.seed, self.fixed, self.scales = seed, fixed, scales
+        self.seed, self.fixed, self.scales, self.augment = seed, fixed, scales, augment and not fixed
         self.skipped: set[str] = set()
 
     def __len__(self) -> int:
@@ -213,7 +219,21 @@ class RandomCrops(Dataset):
         if window != self.crop_size:
             crop = F.interpolate(crop[None], size=(self.crop_size, self.crop_size), mode="bilinear",
                                  antialias=window > self.crop_size, align_corners=False)[0].clamp(0.0, 1.0)
+        if self.augment:
+            crop = dihedral(crop, int(torch.randint(0, 8, (1,), generator=g)))
         return crop.contiguous()
+
+
+def dihedral(img: torch.Tensor, k: int) -> torch.Tensor:
+    """One of the eight symmetries of the square: ``k`` in 0..7, bit 0 flips left-right, bit 1
+    flips top-bottom, bit 2 transposes. ``img``: (C, S, S), any square size; ``k = 0`` is identity."""
+    if k & 1:
+        img = img.flip(-1)
+    if k & 2:
+        img = img.flip(-2)
+    if k & 4:
+        img = img.transpose(-2, -1)
+    return img
 
 
 class NRPDataModule(pl.LightningDataModule):
@@ -228,12 +248,13 @@ class NRPDataModule(pl.LightningDataModule):
         val_images: images held out from training for validation (taken after a seeded shuffle).
         val_crops: fixed validation crops, spread over the held-out images.
         scales: multi-scale crops ``(lo, hi)``, see ``RandomCrops`` (training and validation).
+        augment: flips and 90 degree turns of the training crops, see ``RandomCrops`` (not in the paper).
     """
 
     def __init__(self, source, crop_size: int = 128, resize: int | None = None, batch_size: int = 16,
                  num_workers: int = 0, samples_per_epoch: int | None = None, val_images: int = 1,
                  val_crops: int = 8, seed: int = 0, pin_memory: bool = False,
-                 scales: tuple[int, int] | None = None) -> None:
+                 scales: tuple[int, int] | None = None, augment: bool = False) -> None:
         super().__init__()
         if crop_size < 32:
             raise ValueError(f"crop_size must be >= 32 (the critic's five stride-2 blocks), got {crop_size}")
@@ -249,7 +270,7 @@ class NRPDataModule(pl.LightningDataModule):
         val_idx, train_idx = sorted(order[:val_images]), sorted(order[val_images:])
         scales = tuple(scales) if scales is not None else None
         self.train_set = RandomCrops(Subset(source, train_idx), crop_size, samples_per_epoch or len(train_idx), resize, seed,
-                                     scales=scales)
+                                     scales=scales, augment=augment)
         self.val_set = (RandomCrops(Subset(source, val_idx), crop_size, val_crops, resize, seed + 1, fixed=True, scales=scales)
                         if val_images else None)
 
