@@ -64,22 +64,29 @@ def _batched(fn, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
     return torch.cat([fn(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
-def probe(defenses: dict, x: torch.Tensor, adv: dict[str, torch.Tensor], victims: dict) -> dict[str, dict]:
+def probe(defenses: dict, x: torch.Tensor, adv: dict[str, torch.Tensor], victims: dict,
+          outcomes: dict | None = None) -> tuple[dict[str, dict], int]:
+    """Each defence's row of the screen (rates in %), and the number of confident images. Given a
+    dict ``outcomes``, also fills ``outcomes[defence][column]`` with the per-image bool ``(N,)``
+    behind each rate (changed / attack succeeded; ``changed_confident`` over the confident images)."""
     clean_pred = {v: predict(m, x) for v, m in victims.items()}
     confident = clean_pred[BLACK_BOX][1] >= CONFIDENT
     results = {}
     for d_name, defend in defenses.items():
         with torch.no_grad():
             dx = _batched(defend, x)
-        row = {"psnr": float(psnr_per_image(dx, x).mean())}
+        hits = {}
         for v, m in victims.items():
-            row[f"changed_{v}"] = 100 * float((predict(m, dx)[0] != clean_pred[v][0]).float().mean())
-        row["changed_confident"] = 100 * float((predict(victims[BLACK_BOX], dx)[0] != clean_pred[BLACK_BOX][0])[confident].float().mean())
+            hits[f"changed_{v}"] = predict(m, dx)[0] != clean_pred[v][0]
+        hits["changed_confident"] = hits[f"changed_{BLACK_BOX}"][confident]
         for a_name, xa in adv.items():
             with torch.no_grad():
                 pred = predict(victims[BLACK_BOX], _batched(defend, xa))[0]
-            row[f"success_{a_name}"] = 100 * float((pred != clean_pred[BLACK_BOX][0]).float().mean())
-        results[d_name] = row
+            hits[f"success_{a_name}"] = pred != clean_pred[BLACK_BOX][0]
+        results[d_name] = {"psnr": float(psnr_per_image(dx, x).mean()),
+                           **{c: 100 * float(h.float().mean()) for c, h in hits.items()}}
+        if outcomes is not None:
+            outcomes[d_name] = hits
     return results, int(confident.sum())
 
 
@@ -108,6 +115,9 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table with 95%% Wilson "
                         "intervals (PSNR, clean top-1 changed on the black box, its attack success rates)")
     parser.add_argument("--names", nargs="*", help="row labels for the checkpoints (default: their paths)")
+    parser.add_argument("--paired", metavar="LABEL", help="also compare every row with the row LABEL on the same "
+                        "images: per column, images only LABEL changes / only the row changes, and the exact "
+                        "McNemar p-value (far sharper than two Wilson intervals)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     x, victims, adv = screen_inputs(args.photos, args.cache)
@@ -117,15 +127,43 @@ def main() -> None:
     labels = list(defenses) + list(args.names or args.checkpoints)
     if len(set(labels)) != len(labels):
         parser.error(f"row labels must differ (the baselines are {list(defenses)}): {labels}")
+    if args.paired is not None and args.paired not in labels:
+        parser.error(f"--paired {args.paired!r} is not a row label; the rows are {labels}")
     for ckpt, name in zip(args.checkpoints, args.names or args.checkpoints):
         purifier = load_purifier(ckpt).eval()
         defenses[name] = lambda b, p=purifier: p(b).clamp(0, 1)
-    results, n_conf = probe(defenses, x, adv, victims)
+    outcomes = {}
+    results, n_conf = probe(defenses, x, adv, victims, outcomes)
     print(f"{len(x)} held-out crops ({n_conf} with {BLACK_BOX} clean top-1 prob >= {CONFIDENT})", file=sys.stderr)
     print_table(results, list(adv))
     print(json.dumps(results))
     if args.markdown:
         print(markdown(results, len(x), list(adv)))
+    if args.paired is not None:
+        print(paired_table(outcomes, args.paired))
+
+
+def paired_table(outcomes: dict[str, dict[str, torch.Tensor]], reference: str) -> str:
+    """Every row against ``reference`` on the same images, as Markdown: per column ``b / c (p)``,
+    ``b`` images where only the reference changes the prediction (or lets the attack succeed),
+    ``c`` where only the row does, ``p`` the two-sided exact McNemar p-value. ``c < b`` with a
+    small ``p``: the row is better on that column than the reference, beyond the images' noise."""
+    from nrp_lightning.evaluation.metrics import mcnemar_exact
+    from nrp_lightning.evaluation.tables import md_table
+
+    cols = list(outcomes[reference])
+    rows = []
+    for name, hits in outcomes.items():
+        if name == reference:
+            continue
+        cells = []
+        for col in cols:
+            ref, row = outcomes[reference][col], hits[col]
+            b, c = int((ref & ~row).sum()), int((row & ~ref).sum())
+            cells.append(f"{b} / {c} ({mcnemar_exact(b, c):.2f})")
+        rows.append([name, *cells])
+    header = [f"against {reference}", *[c.replace("efficientnet_", "") for c in cols]]
+    return md_table(header, rows)
 
 
 def markdown(results: dict[str, dict], n: int, attacks: list[str]) -> str:

@@ -190,6 +190,15 @@ def test_labelled_grid_has_a_row_per_label_and_the_images_untouched():
     assert (img[:header, label_w:] < 128).any()  # column names on top
 
 
+@pytest.mark.parametrize("b, c, p", [(0, 0, 1.0), (3, 3, 1.0), (0, 6, 0.03125), (6, 0, 0.03125),
+                                     (1, 9, 0.021484375), (10, 5, 0.301758)])
+def test_mcnemar_exact_matches_the_binomial_tail(b, c, p):
+    from nrp_lightning.evaluation.metrics import mcnemar_exact
+    assert mcnemar_exact(b, c) == pytest.approx(p, abs=1e-6)
+    with pytest.raises(ValueError, match="discordant"):
+        mcnemar_exact(-1, 2)
+
+
 @pytest.mark.parametrize("k, n, low, high", [(0, 10, 0.0, 0.2775), (1, 10, 0.0179, 0.4042), (5, 10, 0.2366, 0.7634),
                                              (10, 10, 0.7225, 1.0), (72, 100, 0.6251, 0.7986)])
 def test_wilson_interval_matches_published_values(k, n, low, high):

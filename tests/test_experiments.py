@@ -199,6 +199,28 @@ def test_probe_purifier_imports_and_formats_its_table_with_intervals():
     assert "| NRP | 34.1 | 40.0 [25.6, 56.4] | 54.3 [38.2, 69.5] |" in table
 
 
+def test_probe_purifier_paired_table_counts_discordant_images_per_column():
+    """``--paired``: the per-image outcomes behind each rate, and the McNemar cells built from them.
+    The identity keeps every prediction and lets every attack through that does without a defence;
+    a flattening defence changes predictions that the identity keeps, so its cells read 0 / c."""
+    from _tiny import smooth_images, tiny_classifier
+    from experiments.probe_purifier import BLACK_BOX, paired_table, probe
+
+    x = smooth_images(12, size=32)
+    victims = {BLACK_BOX: tiny_classifier(0), "mobilenet_v2": tiny_classifier(1)}
+    adv = {"SSP": (x + 0.3 * torch.randn_like(x)).clamp(0, 1)}
+    defenses = {"none": lambda b: b, "flat": lambda b: b.mean(dim=(2, 3), keepdim=True).expand_as(b)}
+    outcomes = {}
+    results, _ = probe(defenses, x, adv, victims, outcomes)
+    assert not outcomes["none"][f"changed_{BLACK_BOX}"].any() and results["none"][f"changed_{BLACK_BOX}"] == 0
+    flat = outcomes["flat"][f"changed_{BLACK_BOX}"]
+    assert results["flat"][f"changed_{BLACK_BOX}"] == pytest.approx(100 * flat.float().mean().item())
+    table = paired_table(outcomes, "none")
+    assert "| against none |" in table and "none |" not in table.splitlines()[-1]
+    c = int(flat.sum())
+    assert f"| flat | 0 / {c} (" in table.replace("changed_", "")
+
+
 def test_probe_inference_variants_keep_shape_range_and_their_definitions():
     """The inference-side screen of docs/reproduction.md: with an identity purifier, plain and
     flip2 give the input back, up2 equals the resampling control, dynamic stays within 16/255 and
