@@ -67,6 +67,15 @@ def test_small_sizes_detected_from_shapes():
     assert str(detect_purifier(random_state(official_resnet_shapes(16, 3)))) == "resnet purifier (nf=16 nb=3)"
 
 
+@pytest.mark.parametrize("net", [RRDBPurifier(8, 2, 4, input_skip=True), ResNetPurifier(8, 2, input_skip=True)])
+def test_input_skip_purifier_round_trips(tmp_path, net):
+    torch.save(net.state_dict(), tmp_path / "skip.pth")
+    loaded = load_purifier(tmp_path / "skip.pth")
+    assert loaded.input_skip and str(loaded.spec).endswith(", input skip)")
+    x = torch.rand(1, 3, 16, 16)
+    torch.testing.assert_close(loaded(x), net.eval()(x))
+
+
 class _Holder(pl.LightningModule):
     """The part of NRPModule that matters for checkpoints: the purifier under ``purifier.``."""
 

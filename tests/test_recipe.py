@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from _tiny import smooth_images, tiny_classifier
+from hydra.utils import instantiate
 from PIL import Image
 
 from nrp_lightning.config import compose
@@ -174,6 +175,11 @@ def test_init_purifier_copies_weights_and_refuses_other_sizes(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(donor.state_dict().values(), target.state_dict().values()))
     with pytest.raises(ValueError, match="does not match the model config"):
         start_from(RRDBPurifier(8, 2, 4), str(tmp_path / "p.pth"))
+    # A purifier with the input skip only starts another with the skip, and the error names the option.
+    torch.save(RRDBPurifier(8, 1, 4, input_skip=True).state_dict(), tmp_path / "skip.pth")
+    with pytest.raises(ValueError, match="input skip.*model.input_skip"):
+        start_from(RRDBPurifier(8, 1, 4), str(tmp_path / "skip.pth"))
+    start_from(RRDBPurifier(8, 1, 4, input_skip=True), str(tmp_path / "skip.pth"))
 
 
 def test_nrp_cpu_recipe_composes_with_its_options(tmp_path):
@@ -184,6 +190,9 @@ def test_nrp_cpu_recipe_composes_with_its_options(tmp_path):
     full = compose(["experiment=nrp_full"], run_dir=str(tmp_path))
     assert full.module.lr_schedule == "constant" and full.module.weak_fraction == 0.0 and full.init_purifier is None
     assert full.loss.kappa == 0.0 and cfg.output_classifier.native_size
+    assert not cfg.model.input_skip and not full.model.input_skip
+    skip = compose(["experiment=nrp_cpu", "model.input_skip=true"], run_dir=str(tmp_path))
+    assert instantiate(skip.model).input_skip
 
 
 def test_the_shipped_purifier_loads_by_default_with_its_card():

@@ -44,21 +44,23 @@ class PurifierLoadError(ValueError):
 
 @dataclass(frozen=True)
 class PurifierSpec:
-    """Architecture and size read off a state dict: ``arch`` is ``rrdb`` or ``resnet``."""
+    """Architecture and size read off a state dict: ``arch`` is ``rrdb`` or ``resnet``;
+    ``input_skip`` when the state dict carries the ``input_skip_marker`` key (models/purifier.py)."""
 
     arch: str
     nf: int
     nb: int
     gc: int | None = None
+    input_skip: bool = False
 
     def build(self) -> nn.Module:
         if self.arch == "rrdb":
-            return RRDBPurifier(nf=self.nf, nb=self.nb, gc=self.gc)
-        return ResNetPurifier(nf=self.nf, nb=self.nb)
+            return RRDBPurifier(nf=self.nf, nb=self.nb, gc=self.gc, input_skip=self.input_skip)
+        return ResNetPurifier(nf=self.nf, nb=self.nb, input_skip=self.input_skip)
 
     def __str__(self) -> str:
         size = f"nf={self.nf} nb={self.nb}" + (f" gc={self.gc}" if self.gc is not None else "")
-        return f"{self.arch} purifier ({size})"
+        return f"{self.arch} purifier ({size}{', input skip' if self.input_skip else ''})"
 
 
 def _describe_keys(state: dict[str, Any]) -> str:
@@ -111,15 +113,16 @@ def detect_purifier(state: dict[str, torch.Tensor], source: str = "state dict") 
             raise PurifierLoadError(f"{source}: key {key} is missing; it is {_describe_keys(state)}; {EXPECTED}")
         return value.shape
 
+    input_skip = "input_skip_marker" in state
     if "conv_first.weight" in state and any(k.startswith("RRDB_trunk.") for k in state):
         nf = shape("conv_first.weight")[0]
         gc = shape("RRDB_trunk.0.RDB1.conv1.weight")[0]
         nb = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"RRDB_trunk\.(\d+)\.", k)))
-        return PurifierSpec("rrdb", nf, nb, gc)
+        return PurifierSpec("rrdb", nf, nb, gc, input_skip)
     if "conv_first.weight" in state and any(k.startswith("recon_trunk.") for k in state):
         nf = shape("conv_first.weight")[0]
         nb = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"recon_trunk\.(\d+)\.", k)))
-        return PurifierSpec("resnet", nf, nb)
+        return PurifierSpec("resnet", nf, nb, input_skip=input_skip)
     raise PurifierLoadError(f"{source} is {_describe_keys(state)}; {EXPECTED}")
 
 

@@ -60,7 +60,8 @@ def start_from(purifier, path: str) -> None:
         purifier.load_state_dict(source.state_dict(), strict=True)
     except RuntimeError:
         raise ValueError(f"init_purifier={path} holds a {source.spec}, which does not match the model config "
-                         f"{type(purifier).__name__}; pick the model group that matches it or another file") from None
+                         f"{type(purifier).__name__}{' with input skip' if getattr(purifier, 'input_skip', False) else ''}; "
+                         f"pick the model group (and model.input_skip) that matches it, or another file") from None
     log.info("purifier starts from %s (%s)", source.path, source.spec)
 
 
