@@ -19,7 +19,7 @@ from torch import nn
 
 from nrp_lightning.attacks.ssp import project_linf
 from nrp_lightning.models.features import Normalize
-from nrp_lightning.models.purifier import ResNetPurifier, RRDBPurifier
+from nrp_lightning.models.purifier import INPUT_SKIP_KEY, ResNetPurifier, RRDBPurifier
 from nrp_lightning.tiling import purify_tiled
 from nrp_lightning.weights import WeightsNotFoundError, load_state_dict
 
@@ -45,7 +45,7 @@ class PurifierLoadError(ValueError):
 @dataclass(frozen=True)
 class PurifierSpec:
     """Architecture and size read off a state dict: ``arch`` is ``rrdb`` or ``resnet``;
-    ``input_skip`` when the state dict carries the ``input_skip_marker`` key (models/purifier.py)."""
+    ``input_skip`` when the state dict carries the ``INPUT_SKIP_KEY`` entry (models/purifier.py)."""
 
     arch: str
     nf: int
@@ -113,7 +113,7 @@ def detect_purifier(state: dict[str, torch.Tensor], source: str = "state dict") 
             raise PurifierLoadError(f"{source}: key {key} is missing; it is {_describe_keys(state)}; {EXPECTED}")
         return value.shape
 
-    input_skip = "input_skip_marker" in state
+    input_skip = INPUT_SKIP_KEY in state
     if "conv_first.weight" in state and any(k.startswith("RRDB_trunk.") for k in state):
         nf = shape("conv_first.weight")[0]
         gc = shape("RRDB_trunk.0.RDB1.conv1.weight")[0]

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 RESIDUAL_INIT_SCALE = 0.1  # BasicSR / the authors' module_util.initialize_weights(..., 0.1)
+INPUT_SKIP_KEY = "input_skip_marker"  # the state-dict entry of an input-skip purifier (module docstring)
 
 
 def init_residual_branch(convs: list[nn.Conv2d], scale: float | None = RESIDUAL_INIT_SCALE) -> None:
@@ -49,7 +50,7 @@ class _InputSkip(nn.Module):
         self.input_skip = bool(input_skip)
         if self.input_skip:
             # The marker key that tells loaders this state dict needs the skip: an empty tensor.
-            self.register_buffer("input_skip_marker", torch.zeros(0), persistent=True)
+            self.register_buffer(INPUT_SKIP_KEY, torch.zeros(0), persistent=True)
             init_residual_branch([last], init_scale)
 
     def _output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
