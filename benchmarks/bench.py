@@ -1,6 +1,7 @@
 """Benchmark of NRP training and purification.
 
     python benchmarks/bench.py [--device auto|cpu|cuda] [--quick | --full] [--out DIR] [--threads N]
+                               [--variants fp32,bf16,...] [--headline NAME] [--no-scaling]
 
 What it measures (issue 7), always on the project's own code:
 
@@ -47,7 +48,7 @@ import torch  # noqa: E402
 from nrp_bench.flops import measure_bf16_peak_tflops  # noqa: E402
 from nrp_bench.loader import jpeg_loader_batch_s, loader_batch_s  # noqa: E402
 from nrp_bench.machine import CpuLoad, device_name, log, machine_info  # noqa: E402
-from nrp_bench.profiles import Profile, Variant, profile_for, step_config  # noqa: E402
+from nrp_bench.profiles import VARIANTS, Profile, Variant, profile_for, step_config  # noqa: E402
 from nrp_bench.purification import purify_photo, purify_throughput  # noqa: E402
 from nrp_bench.report import last_line, markdown  # noqa: E402
 from nrp_bench.training import bench_full_step, bench_scaling, bench_step_breakdown, bench_variants  # noqa: E402
@@ -102,6 +103,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--full", action="store_true", help="the paper's nrp_full step: batch 16, 128 px, VGG16, T=10 (GPU work)")
     parser.add_argument("--out", default="outputs/bench", help="folder for bench.json and bench.md")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--variants", help="comma-separated fast paths to time as whole steps, of "
+                        f"{','.join(VARIANTS)} (default: the profile's; each compile variant costs minutes "
+                        "of compilation at full size)")
+    parser.add_argument("--headline", choices=tuple(VARIANTS), help="the variant broken into parts and swept "
+                        "(default: fast on CUDA, fp32 on CPU)")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the batch / crop / SSP-steps sweep")
     return parser.parse_args(argv)
 
 
@@ -116,6 +123,15 @@ def main(argv: list[str] | None = None) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or threads)
     profile = profile_for(device, args.quick, args.full)
+    if args.variants:
+        names = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+        if unknown := [v for v in names if v not in VARIANTS]:
+            raise SystemExit(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        profile = dataclasses.replace(profile, variants=names)
+    if args.headline:
+        profile = dataclasses.replace(profile, headline=args.headline)
+    if args.no_scaling:
+        profile = dataclasses.replace(profile, scaling={})
     start = time.perf_counter()
     try:
         result = run(device, profile)

@@ -76,3 +76,13 @@ def test_mfu_is_na_without_a_measured_peak():
     assert mfu(10**12, 1.0, "na") == "na"
     assert mfu(10**12, 1.0, 2.0) == pytest.approx(0.5)
     assert measure_bf16_peak_tflops(torch.device("cpu")) == "na"
+
+
+def test_variants_and_no_scaling_options_narrow_the_run(bench, tmp_path, capsys):
+    saved = bench.main(["--quick", "--device", "cpu", "--threads", "1", "--out", str(tmp_path),
+                        "--variants", "fp32", "--headline", "act_ckpt", "--no-scaling"])
+    assert set(saved["variants"]) == {"fp32"} and saved["scaling"] == []
+    assert saved["step"]["variant"] == "act_ckpt" and saved["step"]["act_ckpt"]
+    assert LAST_LINE.match(capsys.readouterr().out.strip().splitlines()[-1])
+    with pytest.raises(SystemExit, match="unknown turbo"):
+        bench.main(["--quick", "--device", "cpu", "--variants", "fp32,turbo"])

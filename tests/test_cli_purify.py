@@ -141,6 +141,24 @@ def test_purify_export_command(tmp_path, checkpoint, capsys):
                                purify_images(load_purifier(checkpoint), x), atol=1e-5, rtol=0)
 
 
+def test_bf16_purify_and_ssp_stay_within_bf16_rounding_of_fp32(tmp_path, photos, checkpoint, capsys):
+    """--bf16 (autocast + channels_last; CPU autocast here, CUDA on a GPU) writes the same files as
+    fp32 up to bf16 rounding, and says it is on."""
+    source = photos / "sub" / "b.png"
+    for flag in ([], ["--bf16"]):
+        assert purify_main([str(source), str(tmp_path / f"p{len(flag)}.png"), "--checkpoint", str(checkpoint),
+                            "--no-progress", *flag]) == 0
+        assert ("bf16;" in capsys.readouterr().err) == bool(flag)
+    fp32, bf16 = load_image(tmp_path / "p0.png"), load_image(tmp_path / "p1.png")
+    assert 0 < (fp32 - bf16).abs().max() <= 8 / 255  # bf16 has 8 bits of mantissa: a few levels at most
+    for flag in ([], ["--bf16"]):
+        assert attack_main(["ssp", str(source), str(tmp_path / f"a{len(flag)}.png"), "--backbone", "mobilenet_v2",
+                            "--layer", "4", "--eps", "8", "--steps", "3", "--no-progress", *flag]) == 0
+        assert ("bf16;" in capsys.readouterr().err) == bool(flag)
+    clean, adv = load_image(source), load_image(tmp_path / "a1.png")
+    assert 4 / 255 < (adv - clean).abs().max() <= 8 / 255 + 0.5 / 255
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_attack_ssp_folder_offline_mobilenet(tmp_path, photos, capsys, schedule):
     out = tmp_path / "adv"

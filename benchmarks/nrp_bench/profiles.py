@@ -49,6 +49,7 @@ VARIANTS = {
     "compile": Variant(compile=True),
     "no_fused_adam": Variant(fused_adam=False),
     "act_ckpt": Variant(act_ckpt=True),
+    "bf16_channels_last": Variant(bf16=True, channels_last=True),  # "fast" without its compile time
     "fast": Variant(bf16=True, channels_last=True, compile=True),
 }
 
@@ -73,6 +74,7 @@ class Profile:
     tile: int
     full_step: tuple[str, ...] | None = None  # a full-size step at batch 1 (memory and act. ckpt)
     full_step_crop: int = 128
+    headline: str | None = None  # the variant broken into parts (None: headline_variant's choice)
 
 
 def profile_for(device: torch.device, quick: bool, full: bool) -> Profile:
@@ -99,10 +101,12 @@ def profile_for(device: torch.device, quick: bool, full: bool) -> Profile:
                    full_step=FULL_STEP)
 
 
-def headline_variant(device: torch.device) -> tuple[str, Variant]:
-    """The setting we train with on this device: all fast paths on CUDA; fp32 eager on CPU, where
-    bf16 and compile are measured as variants (see RESULTS.md for why they are not the default)."""
-    return ("fast", VARIANTS["fast"]) if device.type == "cuda" else ("fp32", VARIANTS["fp32"])
+def headline_variant(device: torch.device, name: str | None = None) -> tuple[str, Variant]:
+    """``name``, or the setting we train with on this device: all fast paths on CUDA; fp32 eager on
+    CPU, where bf16 and compile are measured as variants (see RESULTS.md for why they are not the
+    default)."""
+    name = name or ("fast" if device.type == "cuda" else "fp32")
+    return name, VARIANTS[name]
 
 
 def step_config(profile_overrides: tuple[str, ...], variant: Variant, batch: int, crop: int,

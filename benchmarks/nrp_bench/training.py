@@ -21,7 +21,7 @@ def bench_step_breakdown(profile: Profile, device: torch.device, source, peak) -
     The parts run on their own copy of the module and their own batch. After warm-up, one call of
     every part follows each timed Trainer step, so that parts and whole steps see the same machine
     load (this CPU is shared); the ratio is the median whole step over the sum of part medians."""
-    name, variant = headline_variant(device)
+    name, variant = headline_variant(device, profile.headline)
     cfg = step_config(profile.step, variant, profile.batch, profile.crop)
     module = prepared_module(cfg, device)
     torch.manual_seed(0)
@@ -84,7 +84,7 @@ def bench_variants(profile: Profile, device: torch.device, source, peak) -> dict
 def bench_scaling(profile: Profile, device: torch.device, source) -> list[dict]:
     """Whole-step time and peak memory against batch size, crop size and SSP steps (one axis at a
     time, the others at the profile's values)."""
-    _, variant = headline_variant(device)
+    _, variant = headline_variant(device, profile.headline)
     rows = []
     for axis, values in profile.scaling.items():
         for value in values:

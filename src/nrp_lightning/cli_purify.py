@@ -46,7 +46,16 @@ def _memory(text: str | None) -> int | None:
     return None if text is None else parse_memory(text)
 
 
-def _add_folder_arguments(parser: argparse.ArgumentParser, *, seed: bool = True, max_memory: bool = True) -> None:
+def _fast_path(device: torch.device, net: torch.nn.Module, bf16: bool):
+    """``--bf16``: ``net`` in channels_last and an autocast context for its calls (bf16 on CUDA and
+    CPU alike); without it, ``net`` unchanged and a context that does nothing."""
+    if bf16:
+        net.to(memory_format=torch.channels_last)
+    return partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def _add_folder_arguments(parser: argparse.ArgumentParser, *, seed: bool = True, max_memory: bool = True,
+                          bf16: bool = False) -> None:
     parser.add_argument("input", help="an image file or a folder of images (searched recursively)")
     parser.add_argument("output", help="output folder (mirrors INPUT's structure; PNG files), or a .png "
                                        "file for a single input; must not be inside INPUT")
@@ -60,6 +69,9 @@ def _add_folder_arguments(parser: argparse.ArgumentParser, *, seed: bool = True,
         parser.add_argument("--max-memory", metavar="SIZE", help="memory budget for one batch, e.g. 4G or 512M; "
                             "larger images are processed in overlapping tiles (default: half the free memory)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if bf16:
+        parser.add_argument("--bf16", action="store_true", help="bf16 autocast and channels_last, for GPUs "
+                            "with bf16 (outputs differ from fp32 by bf16 rounding; default fp32)")
 
 
 def _finish(summary) -> int:
@@ -78,7 +90,7 @@ def purify_parser() -> argparse.ArgumentParser:
         epilog="examples: nrp-purify photos/ purified/   (the purifier that ships with nrp-lightning)\n"
                "          nrp-purify photos/ purified/ --checkpoint NRP.pth --dynamic --batch-size 4",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_folder_arguments(parser)
+    _add_folder_arguments(parser, bf16=True)
     parser.add_argument("--checkpoint", help="NRP.pth, NRP_resG.pth, an exported state dict or an nrp-train .ckpt "
                                              "(default: the purifier shipped in the package, trained by "
                                              "experiment=nrp_cpu; see docs/reproduction.md)")
@@ -103,11 +115,12 @@ def export_parser() -> argparse.ArgumentParser:
 
 
 def _purify_batch(purifier, images: torch.Tensor, *, dynamic: bool, generator: torch.Generator,
-                  max_memory: int | None, halo: int | None) -> torch.Tensor:
+                  max_memory: int | None, halo: int | None, autocast) -> torch.Tensor:
     from nrp_lightning.purify import purify_images
 
-    return purify_images(purifier, images, dynamic=dynamic, generator=generator, max_memory=max_memory,
-                         halo=halo).cpu()
+    with autocast():
+        out = purify_images(purifier, images, dynamic=dynamic, generator=generator, max_memory=max_memory, halo=halo)
+    return out.float().cpu()
 
 
 def _export(argv: Sequence[str]) -> int:
@@ -145,9 +158,11 @@ def purify_main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, PurifierLoadError, ValueError) as exc:
         parser.error(str(exc))
     origin = "" if args.checkpoint else " (no --checkpoint: the purifier shipped with nrp-lightning)"
-    print(f"purifier: {purifier.spec} from {purifier.path}{origin} on {device}; {len(jobs)} images", file=sys.stderr)
+    precision = ", bf16" if args.bf16 else ""
+    print(f"purifier: {purifier.spec} from {purifier.path}{origin} on {device}{precision}; {len(jobs)} images",
+          file=sys.stderr)
     fn = partial(_purify_batch, purifier, dynamic=args.dynamic, generator=torch.Generator().manual_seed(args.seed),
-                 max_memory=max_memory, halo=args.halo)
+                 max_memory=max_memory, halo=args.halo, autocast=_fast_path(device, purifier, args.bf16))
     summary = run_jobs(jobs, fn, args.batch_size, args.overwrite, desc="purify", progress=not args.no_progress)
     return _finish(summary)
 
@@ -171,7 +186,7 @@ def attack_parser() -> argparse.ArgumentParser:
                     "images keep their size). Images larger than the memory budget are attacked in overlapping "
                     "tiles.",
         epilog="example: nrp-attack ssp photos/ adversarial/ --eps 16 --steps 100 --backbone mobilenet_v2")
-    _add_folder_arguments(ssp)
+    _add_folder_arguments(ssp, bf16=True)
     ssp.add_argument("--eps", type=float, default=16.0, help="l_inf budget in pixel units (default 16 = 16/255)")
     ssp.add_argument("--steps", type=int, default=100, help="sign-gradient steps T (default 100)")
     ssp.add_argument("--step-size", type=float, default=2.55, help="step kappa in pixel units (default 2.55 = 0.01)")
@@ -254,13 +269,14 @@ def build_source(name: str, purifier: str | None = None) -> torch.nn.Module:
 
 def _ssp_batch(features, images: torch.Tensor, *, device: torch.device, generator: torch.Generator,
                max_memory: int | None, eps: float, step_size: float, steps: int, distance: str,
-               schedule: str) -> torch.Tensor:
+               schedule: str, autocast) -> torch.Tensor:
     from nrp_lightning.attacks.ssp import ssp
     from nrp_lightning.tiling import attack_tiled
 
     attack = partial(ssp, features=features, eps=eps, step_size=step_size, steps=steps, distance=distance,
                      generator=generator, schedule=schedule)
-    return attack_tiled(attack, features, images.to(device), max_memory).cpu()
+    with autocast():
+        return attack_tiled(attack, features, images.to(device), max_memory).float().cpu()
 
 
 def read_targets(path: str, jobs: list, input_path: str) -> dict[Path, int]:
@@ -340,10 +356,11 @@ def _ssp_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except (UsageError, ValueError, RuntimeError) as exc:
         parser.error(str(exc))
     print(f"SSP on {features.name}, eps {args.eps:g}/255, {args.steps} {args.schedule} steps of {args.step_size:g}/255, "
-          f"{args.distance}, on {device}; {len(jobs)} images", file=sys.stderr)
+          f"{args.distance}, on {device}{', bf16' if args.bf16 else ''}; {len(jobs)} images", file=sys.stderr)
     generator = torch.Generator(device).manual_seed(args.seed)
     fn = partial(_ssp_batch, features, device=device, generator=generator, max_memory=max_memory, eps=args.eps,
-                 step_size=args.step_size, steps=args.steps, distance=args.distance, schedule=args.schedule)
+                 step_size=args.step_size, steps=args.steps, distance=args.distance, schedule=args.schedule,
+                 autocast=_fast_path(device, features, args.bf16))
     summary = run_jobs(jobs, fn, args.batch_size, args.overwrite, desc="ssp", progress=not args.no_progress)
     return _finish(summary)
 

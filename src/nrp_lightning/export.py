@@ -8,6 +8,7 @@ not tile: feed images that fit in memory, or tile outside it.
 """
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from pathlib import Path
@@ -41,11 +42,17 @@ def format_for(path: str | os.PathLike) -> str:
     raise ValueError(f"cannot tell the export format from {path}: name it *.onnx or *.pt (TorchScript)")
 
 
+def _cpu_fp32_copy(purifier: nn.Module) -> nn.Module:
+    """``ClampedPurifier`` around a CPU fp32 copy of ``purifier``: exporting leaves the caller's
+    purifier on its device and in its dtype."""
+    return ClampedPurifier(copy.deepcopy(purifier)).eval().cpu().float()
+
+
 def export_torchscript(purifier: nn.Module, path: str | os.PathLike) -> Path:
     """Trace ``ClampedPurifier(purifier)`` to a TorchScript file; load with ``torch.jit.load``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = ClampedPurifier(purifier).eval().cpu().float()
+    module = _cpu_fp32_copy(purifier)
     with warnings.catch_warnings():  # torch 2.14 deprecates torch.jit; it still is what C++/mobile load
         warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated", category=FutureWarning)
@@ -64,7 +71,7 @@ def export_onnx(purifier: nn.Module, path: str | os.PathLike, opset: int = ONNX_
                           "or `pip install nrp-lightning[export]`") from None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = ClampedPurifier(purifier).eval().cpu().float()
+    module = _cpu_fp32_copy(purifier)
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=1), 3: torch.export.Dim("width", min=1)}
     torch.onnx.export(module, (torch.rand(EXAMPLE_SIZE),), str(path), dynamo=True, opset_version=opset,
                       dynamic_shapes={"images": dims}, input_names=["images"], output_names=["purified"],
