@@ -1,7 +1,8 @@
 """A one-minute screen of purifier checkpoints on the held-out photos, for tuning a recipe.
 
 Both sides at once, as DESIGN.md section 4 asks: clean images must stay clean (PSNR of P(x)
-against x, share of clean top-1 predictions each of the four shipped classifiers changes) and
+against x, the fine detail P(x) keeps (``detail``: % of x's Laplacian energy, ``losses.detail_ratio``),
+share of clean top-1 predictions each of the four shipped classifiers changes) and
 attacks must lose their effect (MI-FGSM and SSP at eps 16, crafted on MobileNetV2, success on the
 black-box EfficientNet-Lite0). JPEG q75 is measured beside it. The reported numbers of
 docs/reproduction.md come from ``eval.py``, not from this screen.
@@ -26,6 +27,7 @@ from nrp_lightning.defenses import JPEG
 from nrp_lightning.eval_data import CROPS, center_square
 from nrp_lightning.evaluation.metrics import psnr_per_image
 from nrp_lightning.images import list_images, load_image
+from nrp_lightning.losses import detail_ratio
 from nrp_lightning.models.classifiers import load_classifier
 from nrp_lightning.models.features import mobilenet_v2
 from nrp_lightning.purify import load_purifier
@@ -83,7 +85,7 @@ def probe(defenses: dict, x: torch.Tensor, adv: dict[str, torch.Tensor], victims
             with torch.no_grad():
                 pred = predict(victims[BLACK_BOX], _batched(defend, xa))[0]
             hits[f"success_{a_name}"] = pred != clean_pred[BLACK_BOX][0]
-        results[d_name] = {"psnr": float(psnr_per_image(dx, x).mean()),
+        results[d_name] = {"psnr": float(psnr_per_image(dx, x).mean()), "detail": 100 * float(detail_ratio(dx, x).mean()),
                            **{c: 100 * float(h.float().mean()) for c, h in hits.items()}}
         if outcomes is not None:
             outcomes[d_name] = hits
@@ -100,7 +102,7 @@ def screen_inputs(photos: Path, cache: Path) -> tuple[torch.Tensor, dict, dict[s
 
 def print_table(results: dict[str, dict], attacks: list[str], head: str = "defence", width: int = 44) -> None:
     """The screen's rows as a fixed-width text table (labels cut to their last ``width`` characters)."""
-    cols = ["psnr", *[f"changed_{v}" for v in VICTIMS], "changed_confident", *[f"success_{a}" for a in attacks]]
+    cols = ["psnr", "detail", *[f"changed_{v}" for v in VICTIMS], "changed_confident", *[f"success_{a}" for a in attacks]]
     print(head.ljust(width) + "".join(c.replace("changed_", "chg_").replace("efficientnet_", "")[:14].rjust(15) for c in cols))
     for name, row in results.items():
         print(name[-width:].ljust(width) + "".join(f"{row[c]:15.1f}" for c in cols))

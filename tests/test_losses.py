@@ -1,6 +1,6 @@
 import torch
 
-from nrp_lightning.losses import (feature_distance, output_consistency_loss, pixel_loss, ragan_critic_loss,
+from nrp_lightning.losses import (detail_loss, detail_ratio, feature_distance, local_detail, output_consistency_loss, pixel_loss, ragan_critic_loss,
                                   ragan_generator_loss, vanilla_critic_loss)
 
 
@@ -30,3 +30,24 @@ def test_output_consistency_is_the_kl_of_the_clean_prediction_to_the_purified_on
     assert torch.isclose(loss, (p * (p / q).log()).sum() / 2)  # KL(f(x) || f(P(x'))), mean over the batch
     loss.backward()
     assert purified.grad[0].abs().sum() > 0 and purified.grad[1].abs().sum() < 1e-6
+
+
+def test_detail_loss_sees_smoothing_and_noise_but_not_a_shift_of_the_texture():
+    """L_detail compares how much fine detail each 8 px patch has, not where: the same texture moved
+    by a pixel costs (nearly) nothing, a blurred or a noisier copy costs, and so does the smoothing
+    that detail_ratio reports below 1."""
+    torch.manual_seed(0)
+    texture = torch.rand(2, 3, 8, 8).repeat_interleave(2, -1).repeat_interleave(2, -2)
+    x = torch.nn.functional.pad(texture.repeat(1, 1, 4, 4), (1, 1, 1, 1), mode="circular")  # 66 px, periodic
+    assert local_detail(x).shape == (2, 3, 8, 8)
+    blurred = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    noisy = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
+    moved = torch.roll(x, 2, dims=-1)
+    assert detail_loss(x, x) == 0
+    assert detail_loss(moved, x) < 0.2 * detail_loss(blurred, x)  # measured: 0.055 against 0.50
+    assert detail_loss(blurred, x) > 0.05 and detail_loss(noisy, x) > 0.05
+    assert detail_ratio(blurred, x).max() < 0.5 < 1.2 < detail_ratio(noisy, x).min()  # measured: 1.35
+    assert torch.allclose(detail_ratio(x, x), torch.ones(2))
+    blurred.requires_grad_(True)
+    detail_loss(blurred, x).backward()
+    assert blurred.grad.abs().sum() > 0

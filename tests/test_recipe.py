@@ -158,6 +158,20 @@ def test_kappa_adds_the_output_classifiers_kl_to_the_purifier_loss():
     assert "loss_out" not in _module().purifier_loss(x, purified.detach(), feat_clean)
 
 
+def test_detail_adds_the_detail_loss_to_the_purifier_loss():
+    with pytest.raises(ValueError, match="detail"):
+        _module(detail=-1.0)
+    x = smooth_images(4, 32)
+    module = _module(detail=3.0)
+    purified = module.purifier(x + 0.05 * torch.randn_like(x))
+    with torch.no_grad():
+        feat_clean = module.features(x)
+    terms = module.purifier_loss(x, purified, feat_clean)
+    paper = module.hparams.alpha * terms["loss_adv"] + module.hparams.gamma * terms["loss_img"] + terms["loss_feat"]
+    assert terms["loss_detail"] > 0 and torch.isclose(terms["loss_purifier"], paper + 3.0 * terms["loss_detail"])
+    assert "loss_detail" not in _module().purifier_loss(x, purified.detach(), feat_clean)
+
+
 def test_native_size_classifier_skips_the_resize():
     seen = []
     for native in (False, True):

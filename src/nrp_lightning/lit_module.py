@@ -3,7 +3,8 @@
 Each training step: SSP adversaries of the batch (gradients through F only), purify, one
 purifier step on ``alpha·L_adv + gamma·L_img + lambda·L_feat`` (Eq. 8), one critic step. An
 option the paper does not have adds ``kappa·L_out``, a classifier's predictions on P(x') held to
-those on x (``loss.kappa``, 0 by default).
+those on x (``loss.kappa``, 0 by default), another ``detail·L_detail``, each patch's fine detail
+held to x's (``loss.detail``, 0 by default).
 
 Note on step counts: with two optimizers stepped by hand, Lightning's ``global_step`` counts
 *optimizer* steps, i.e. two per iteration; configs therefore set ``trainer.max_steps`` to
@@ -21,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nrp_lightning.attacks.ssp import SSP
-from nrp_lightning.losses import (ALPHA, GAMMA, GAN_LOSSES, LAMBDA, PIXEL_DISTANCES, feature_distance, feature_loss,
-                                  output_consistency_loss, pixel_loss)
+from nrp_lightning.losses import (ALPHA, GAMMA, GAN_LOSSES, LAMBDA, PIXEL_DISTANCES, detail_loss, feature_distance,
+                                  feature_loss, output_consistency_loss, pixel_loss)
 
 class DivergenceError(RuntimeError):
     """Training produced non-finite losses or gradients for more steps in a row than allowed."""
@@ -79,6 +80,9 @@ class NRPModule(pl.LightningModule):
         kappa: weight of L_out (not in the paper; 0 = off): ``KL(f(x) || f(P(x')))`` of
             ``output_classifier`` f, frozen, ``(B,3,H,W)`` in [0,1] -> logits ``(B, K)``. L_feat
             holds one layer of F; this holds the prediction a classifier makes from the image.
+        detail: weight of L_detail (not in the paper; 0 = off): ``losses.detail_loss``, the mean
+            |Laplacian RMS of P(x') - that of x| over 8 px patches, against the smoothing that the
+            pixel and feature losses favour.
     """
 
     def __init__(self, purifier: nn.Module, critic: nn.Module, features: nn.Module, attack: Attack,
@@ -86,7 +90,7 @@ class NRPModule(pl.LightningModule):
                  lr_purifier: float = 1e-4, lr_critic: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
                  weak_fraction: float = 0.0, lr_schedule: str = "constant", schedule_iterations: int | None = None, channels_last: bool = False, compile: bool = False, fused_adam: bool = True, seed: int = 0,
                  reference_steps: int = 100, divergence_guard: bool = True, max_nonfinite_steps: int = 30,
-                 kappa: float = 0.0, output_classifier: nn.Module | None = None) -> None:
+                 kappa: float = 0.0, output_classifier: nn.Module | None = None, detail: float = 0.0) -> None:
         super().__init__()
         if gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss must be one of {sorted(GAN_LOSSES)}, got {gan_loss!r}")
@@ -102,8 +106,9 @@ class NRPModule(pl.LightningModule):
             raise ValueError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         if reference_steps < 0:
             raise ValueError(f"reference_steps must be >= 0 (0: off), got {reference_steps}")
-        if min(alpha, gamma, lam, kappa) < 0:
-            raise ValueError(f"loss weights must be >= 0, got alpha={alpha} gamma={gamma} lam={lam} kappa={kappa}")
+        if min(alpha, gamma, lam, kappa, detail) < 0:
+            raise ValueError(f"loss weights must be >= 0, got alpha={alpha} gamma={gamma} lam={lam} kappa={kappa} "
+                             f"detail={detail}")
         if kappa > 0 and output_classifier is None:
             raise ValueError(f"loss.kappa={kappa} needs an output_classifier (the classifier whose predictions L_out holds)")
         self.automatic_optimization = False
@@ -184,7 +189,8 @@ class NRPModule(pl.LightningModule):
     def purifier_loss(self, x: torch.Tensor, purified: torch.Tensor, feat_clean: torch.Tensor,
                       logits_clean: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Eq. 8 and its three terms, plus ``kappa·L_out`` when ``kappa > 0`` (``logits_clean``: the
-        output classifier's ``(B, K)`` logits of x). The critic sees real images without gradient."""
+        output classifier's ``(B, K)`` logits of x) and ``detail·L_detail`` when ``detail > 0``. The
+        critic sees real images without gradient."""
         hp = self.hparams
         logits_real = self.critic(x).detach()
         l_adv = self.generator_gan_loss(self.critic(purified), logits_real) if hp.alpha > 0 else purified.new_zeros(())
@@ -194,7 +200,10 @@ class NRPModule(pl.LightningModule):
         terms = {"loss_purifier": loss, "loss_adv": l_adv, "loss_img": l_img, "loss_feat": l_feat}
         if self.output_classifier is not None:
             terms["loss_out"] = output_consistency_loss(self.output_classifier(purified), logits_clean)
-            terms["loss_purifier"] = loss + hp.kappa * terms["loss_out"]
+            terms["loss_purifier"] = terms["loss_purifier"] + hp.kappa * terms["loss_out"]
+        if hp.get("detail", 0.0) > 0:
+            terms["loss_detail"] = detail_loss(purified, x)
+            terms["loss_purifier"] = terms["loss_purifier"] + hp.detail * terms["loss_detail"]
         return terms
 
     def critic_loss(self, x: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:

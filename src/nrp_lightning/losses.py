@@ -50,6 +50,36 @@ def output_consistency_loss(logits_purified: torch.Tensor, logits_clean: torch.T
 
 
 PIXEL_DISTANCES = ("mse", "l2")
+DETAIL_PATCH = 8  # px: the patches whose detail L_detail compares
+_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def local_detail(x: torch.Tensor, patch: int = DETAIL_PATCH) -> torch.Tensor:
+    """Fine detail of ``x`` ``(B, C, H, W)`` in [0, 1] per ``patch`` x ``patch`` patch: the RMS of its
+    per-channel Laplacian (the 3x3 high-pass), ``(B, C, (H-2)//patch, (W-2)//patch)`` in [0, 1] units.
+    A smoothed image has less of it; a noisy one more."""
+    c = x.shape[1]
+    kernel = _LAPLACIAN.to(device=x.device, dtype=torch.float32).expand(c, 1, 3, 3)
+    high = F.conv2d(x.float(), kernel, groups=c)
+    return (F.avg_pool2d(high.pow(2), patch) + 1e-8).sqrt()
+
+
+def detail_loss(purified: torch.Tensor, clean: torch.Tensor, patch: int = DETAIL_PATCH) -> torch.Tensor:
+    """L_detail (not in the paper; ``loss.detail``): mean |detail(P(x')) - detail(x)| over
+    ``patch`` px patches (``local_detail``). The pixel and feature losses are minimised by the mean of
+    the images a perturbed input could have come from, which is smoother than any of them: the
+    purifier removes fine texture with the perturbation (half of the clean images' Laplacian energy
+    at CPU scale, docs/reproduction.md). This term asks for as much detail as x has in each patch,
+    where it is, without asking for the exact (unrecoverable) texture; too much (the perturbation
+    let through) costs as much as too little."""
+    return (local_detail(purified, patch) - local_detail(clean, patch)).abs().mean()
+
+
+def detail_ratio(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` fine-detail energy of ``images`` over that of ``reference`` (mean squared Laplacian
+    of each image, ``local_detail``'s high-pass): 1 keeps the detail, < 1 smooths, > 1 adds."""
+    energy = lambda t: local_detail(t, 1).pow(2).mean((1, 2, 3))  # noqa: E731
+    return energy(images) / energy(reference)
 
 
 def pixel_loss(purified: torch.Tensor, clean: torch.Tensor, distance: str = "mse") -> torch.Tensor:
