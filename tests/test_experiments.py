@@ -239,3 +239,18 @@ def test_probe_inference_variants_keep_shape_range_and_their_definitions():
     assert 0 < float((dyn - x).abs().max()) <= 16 / 255 + 1e-6 and torch.equal(dyn, table["dynamic"](x))
     shifted = variants(lambda t: torch.roll(t, 1, -1))
     assert torch.allclose(shifted["flip2"](x), (torch.roll(x, 1, -1) + torch.roll(x, -1, -1)) / 2)
+
+
+def test_probe_detail_oracle_repairs_give_back_what_they_restore():
+    """experiments/probe_detail.py: with P(x) = x both repairs return x; from a blurred P(x) the
+    detail repair restores half of the lost 3x3 detail, and the low-pass repair x's shading."""
+    from experiments.probe_detail import box_blur, oracle_repairs
+
+    x = torch.rand(2, 3, 24, 24) * 0.5 + 0.25
+    for out in oracle_repairs(x, x).values():
+        torch.testing.assert_close(out, x)
+    blurred = box_blur(x, 3)
+    repaired = oracle_repairs(blurred, x)
+    lost = (x - box_blur(x, 3)) - (blurred - box_blur(blurred, 3))
+    torch.testing.assert_close(repaired["+half detail"], blurred + 0.5 * lost)
+    torch.testing.assert_close(box_blur(repaired["+low(x)"], 9), box_blur(x, 9), atol=0.05, rtol=0)
