@@ -100,6 +100,11 @@ def screen_inputs(photos: Path, cache: Path) -> tuple[torch.Tensor, dict, dict[s
     return x, victims, adversarial_sets(x, victims["mobilenet_v2"], cache)
 
 
+def ensemble(members: list):
+    """A test-time ensemble: the mean of the members' outputs, ``(B, 3, H, W)`` -> ``(B, 3, H, W)``."""
+    return lambda b: torch.stack([member(b) for member in members]).mean(0)
+
+
 def print_table(results: dict[str, dict], attacks: list[str], head: str = "defence", width: int = 44) -> None:
     """The screen's rows as a fixed-width text table (labels cut to their last ``width`` characters)."""
     cols = ["psnr", "detail", *[f"changed_{v}" for v in VICTIMS], "changed_confident", *[f"success_{a}" for a in attacks]]
@@ -117,6 +122,8 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table with 95%% Wilson "
                         "intervals (PSNR, clean top-1 changed on the black box, its attack success rates)")
     parser.add_argument("--names", nargs="*", help="row labels for the checkpoints (default: their paths)")
+    parser.add_argument("--ensemble", action="store_true", help="also a row 'mean': the mean of the checkpoints' "
+                        "outputs (a test-time ensemble of the purifiers)")
     parser.add_argument("--paired", metavar="LABEL", help="also compare every row with the row LABEL on the same "
                         "images: per column, images only LABEL changes / only the row changes, and the exact "
                         "McNemar p-value (far sharper than two Wilson intervals)")
@@ -126,7 +133,7 @@ def main() -> None:
     defenses = {"none": lambda b: b, "JPEG75": JPEG(75)} if args.baselines else {}
     if args.names and len(args.names) != len(args.checkpoints):
         parser.error(f"--names gives {len(args.names)} labels for {len(args.checkpoints)} checkpoints")
-    labels = list(defenses) + list(args.names or args.checkpoints)
+    labels = list(defenses) + list(args.names or args.checkpoints) + (["mean"] if args.ensemble else [])
     if len(set(labels)) != len(labels):
         parser.error(f"row labels must differ (the baselines are {list(defenses)}): {labels}")
     if args.paired is not None and args.paired not in labels:
@@ -134,6 +141,8 @@ def main() -> None:
     for ckpt, name in zip(args.checkpoints, args.names or args.checkpoints):
         purifier = load_purifier(ckpt).eval()
         defenses[name] = lambda b, p=purifier: p(b).clamp(0, 1)
+    if args.ensemble:
+        defenses["mean"] = ensemble([defenses[name] for name in args.names or args.checkpoints])
     outcomes = {}
     results, n_conf = probe(defenses, x, adv, victims, outcomes)
     print(f"{len(x)} held-out crops ({n_conf} with {BLACK_BOX} clean top-1 prob >= {CONFIDENT})", file=sys.stderr)

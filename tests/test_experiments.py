@@ -216,6 +216,9 @@ def test_probe_purifier_paired_table_counts_discordant_images_per_column():
     flat = outcomes["flat"][f"changed_{BLACK_BOX}"]
     assert results["flat"][f"changed_{BLACK_BOX}"] == pytest.approx(100 * flat.float().mean().item())
     assert results["none"]["detail"] == pytest.approx(100) and results["flat"]["detail"] == pytest.approx(0, abs=1e-3)
+    from experiments.probe_purifier import ensemble
+
+    torch.testing.assert_close(ensemble([defenses["none"], defenses["flat"]])(x), (x + defenses["flat"](x)) / 2)
     table = paired_table(outcomes, "none")
     assert "| against none |" in table and "none |" not in table.splitlines()[-1]
     c = int(flat.sum())
