@@ -106,7 +106,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-images", type=int, default=8, help="images of the start-up run subtracted (default 8)")
     p.add_argument("--batch-size", type=int, default=32, help="our batch in the fast rows and both sides' SSP batch")
     p.add_argument("--size", type=int, default=224, help="image side in px (default 224)")
-    p.add_argument("--steps", type=int, default=100, help="SSP steps (their ssp.py always runs 100)")
     p.add_argument("--out", type=Path, default=REPO / "outputs/side_by_side", help="work and result folder")
     return p.parse_args(argv)
 
@@ -116,8 +115,6 @@ def main(argv=None) -> dict:
     for script in ("purify.py", "ssp.py", "networks.py"):
         if not (args.authors / script).is_file():
             raise SystemExit(f"--authors {args.authors}: no {script} there; clone github.com/Muzammal-Naseer/NRP")
-    if args.steps != 100:
-        raise SystemExit("their ssp.py always runs 100 steps: --steps must be 100 for a fair comparison")
     from nrp_lightning.models.purifier import RRDBPurifier
 
     work = args.out
@@ -141,31 +138,32 @@ def main(argv=None) -> dict:
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # their scripts take cuda:0 whenever there is one
     py, bs = sys.executable, str(args.batch_size)
-    ours = [py, "-c", "import sys; from nrp_lightning.cli_purify import {0}; sys.exit({0}(sys.argv[1:]))"]
     weights = str(torch_home / "hub/checkpoints" / VGG16_CACHE_NAME)
+
+    def ours(command: tuple[str, ...], tag: str, source: str, *options: str):
+        """Our console command (``command``: the cli_purify entry point, then any subcommand; run from
+        src/, no install needed) on ``{source}{n}``, writing to ``{tag}_{n}``: (command for n images,
+        output folder for n images)."""
+        call = f"import sys; from nrp_lightning.cli_purify import {command[0]}; sys.exit({command[0]}(sys.argv[1:]))"
+        return (lambda n: [py, "-c", call, *command[1:], f"{source}{n}", f"{tag}_{n}", *options, "--device", args.device,
+                           "--no-progress", "--overwrite"], lambda n: work / f"{tag}_{n}")
+
+    purify = (("purify_main",), "--checkpoint", "pretrained_purifiers/NRP.pth")
+    ssp = (("attack_main", "ssp"), "--backbone", "vgg16", "--layer", "16", "--weights", weights, "--steps", "100",
+           "--batch-size", bs)
     # name -> (kind, command for n images, output folder for n images, what it is)
     runs = {
         "authors_purify": ("purify", lambda n: [py, str(args.authors.resolve() / "purify.py"), "--dir", f"imgs{n}"],
                            lambda n: work / f"authors_purify{n}/purified_imgs", "their purify.py (batch 1, fp32)"),
-        "ours_purify_fp32_b1": ("purify", lambda n: [*ours[:2], ours[2].format("purify_main"), f"imgs{n}", f"ours_fp32_b1_{n}",
-                                                     "--checkpoint", "pretrained_purifiers/NRP.pth", "--device", args.device,
-                                                     "--no-progress", "--overwrite"],
-                                lambda n: work / f"ours_fp32_b1_{n}", "nrp-purify (batch 1, fp32)"),
-        "ours_purify_bf16": ("purify", lambda n: [*ours[:2], ours[2].format("purify_main"), f"imgs{n}", f"ours_bf16_{n}",
-                                                  "--checkpoint", "pretrained_purifiers/NRP.pth", "--device", args.device,
-                                                  "--batch-size", bs, "--bf16", "--no-progress", "--overwrite"],
-                             lambda n: work / f"ours_bf16_{n}", f"nrp-purify --bf16 --batch-size {bs}"),
+        "ours_purify_fp32_b1": ("purify", *ours(purify[0], "ours_fp32_b1", "imgs", *purify[1:]), "nrp-purify (batch 1, fp32)"),
+        "ours_purify_bf16": ("purify", *ours(purify[0], "ours_bf16", "imgs", *purify[1:], "--batch-size", bs, "--bf16"),
+                             f"nrp-purify --bf16 --batch-size {bs}"),
         "authors_ssp": ("ssp", lambda n: [py, str(args.authors.resolve() / "ssp.py"), "--sourcedir", f"clean{n}",
                                           "--targetdir", f"authors_ssp{n}", "--batch_size", bs],
                         lambda n: work / f"authors_ssp{n}", f"their ssp.py (batch {bs}, fp32, 100 steps)"),
-        "ours_ssp_fp32": ("ssp", lambda n: [*ours[:2], ours[2].format("attack_main"), "ssp", f"clean{n}", f"ours_ssp_fp32_{n}",
-                                            "--backbone", "vgg16", "--layer", "16", "--weights", weights, "--steps", "100",
-                                            "--device", args.device, "--batch-size", bs, "--no-progress", "--overwrite"],
-                          lambda n: work / f"ours_ssp_fp32_{n}", f"nrp-attack ssp (batch {bs}, fp32, 100 steps)"),
-        "ours_ssp_bf16": ("ssp", lambda n: [*ours[:2], ours[2].format("attack_main"), "ssp", f"clean{n}", f"ours_ssp_bf16_{n}",
-                                            "--backbone", "vgg16", "--layer", "16", "--weights", weights, "--steps", "100",
-                                            "--device", args.device, "--batch-size", bs, "--bf16", "--no-progress", "--overwrite"],
-                          lambda n: work / f"ours_ssp_bf16_{n}", f"nrp-attack ssp --bf16 (batch {bs}, 100 steps)"),
+        "ours_ssp_fp32": ("ssp", *ours(ssp[0], "ours_ssp_fp32", "clean", *ssp[1:]), f"nrp-attack ssp (batch {bs}, fp32, 100 steps)"),
+        "ours_ssp_bf16": ("ssp", *ours(ssp[0], "ours_ssp_bf16", "clean", *ssp[1:], "--bf16"),
+                          f"nrp-attack ssp --bf16 (batch {bs}, 100 steps)"),
     }
     result = {"device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
               "size": args.size, "runs": {}}

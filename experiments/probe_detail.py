@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_purifier import VICTIMS, heldout_images, predict  # noqa: E402
+from probe_purifier import VICTIMS, _batched, heldout_images, predict  # noqa: E402
 
 from nrp_lightning.defenses import JPEG  # noqa: E402
 from nrp_lightning.losses import detail_ratio  # noqa: E402
@@ -55,7 +55,7 @@ def main(argv=None) -> None:
     x = heldout_images(args.photos)
     purifier = load_purifier(args.purifier).eval()
     with torch.no_grad():
-        outputs = {"NRP": torch.cat([purifier(x[i:i + 8]).clamp(0, 1) for i in range(0, len(x), 8)]),
+        outputs = {"NRP": _batched(lambda b: purifier(b).clamp(0, 1), x),
                    "JPEG75": JPEG(75)(x)}
     outputs.update({f"NRP {k}": v for k, v in oracle_repairs(outputs["NRP"], x).items()})
     print(f"{len(x)} held-out crops, purifier {purifier.spec}")

@@ -201,7 +201,7 @@ class NRPModule(pl.LightningModule):
         if self.output_classifier is not None:
             terms["loss_out"] = output_consistency_loss(self.output_classifier(purified), logits_clean)
             terms["loss_purifier"] = terms["loss_purifier"] + hp.kappa * terms["loss_out"]
-        if hp.get("detail", 0.0) > 0:
+        if hp.detail > 0:
             terms["loss_detail"] = detail_loss(purified, x)
             terms["loss_purifier"] = terms["loss_purifier"] + hp.detail * terms["loss_detail"]
         return terms

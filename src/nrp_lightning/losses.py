@@ -54,14 +54,18 @@ DETAIL_PATCH = 8  # px: the patches whose detail L_detail compares
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
 
+def _laplacian(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel 3x3 Laplacian (the high-pass) of ``x`` ``(B, C, H, W)``: ``(B, C, H-2, W-2)``, fp32."""
+    c = x.shape[1]
+    kernel = _LAPLACIAN.to(device=x.device, dtype=torch.float32).expand(c, 1, 3, 3)
+    return F.conv2d(x.float(), kernel, groups=c)
+
+
 def local_detail(x: torch.Tensor, patch: int = DETAIL_PATCH) -> torch.Tensor:
     """Fine detail of ``x`` ``(B, C, H, W)`` in [0, 1] per ``patch`` x ``patch`` patch: the RMS of its
     per-channel Laplacian (the 3x3 high-pass), ``(B, C, (H-2)//patch, (W-2)//patch)`` in [0, 1] units.
     A smoothed image has less of it; a noisy one more."""
-    c = x.shape[1]
-    kernel = _LAPLACIAN.to(device=x.device, dtype=torch.float32).expand(c, 1, 3, 3)
-    high = F.conv2d(x.float(), kernel, groups=c)
-    return (F.avg_pool2d(high.pow(2), patch) + 1e-8).sqrt()
+    return (F.avg_pool2d(_laplacian(x).pow(2), patch) + 1e-8).sqrt()
 
 
 def detail_loss(purified: torch.Tensor, clean: torch.Tensor, patch: int = DETAIL_PATCH) -> torch.Tensor:
@@ -78,8 +82,7 @@ def detail_loss(purified: torch.Tensor, clean: torch.Tensor, patch: int = DETAIL
 def detail_ratio(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """``(B,)`` fine-detail energy of ``images`` over that of ``reference`` (mean squared Laplacian
     of each image, ``local_detail``'s high-pass): 1 keeps the detail, < 1 smooths, > 1 adds."""
-    energy = lambda t: local_detail(t, 1).pow(2).mean((1, 2, 3))  # noqa: E731
-    return energy(images) / energy(reference)
+    return _laplacian(images).pow(2).mean((1, 2, 3)) / _laplacian(reference).pow(2).mean((1, 2, 3))
 
 
 def pixel_loss(purified: torch.Tensor, clean: torch.Tensor, distance: str = "mse") -> torch.Tensor:
