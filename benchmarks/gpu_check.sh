@@ -7,8 +7,9 @@
 # PHASE1+PHASE2 runs two at once, for phases whose timings do not matter):
 #   env      nvidia-smi, torch / Lightning versions
 #   tests    the CUDA tests: pytest -m gpu tests/test_cuda.py tests/test_ssp.py
-#   explore  four experiment=nrp_cpu variants trained side by side on the GPU (issue 10's levers
-#            that cost too much on 2 CPU cores), each stopped after 2000 iterations or 3.5 minutes
+#   explore  experiment=nrp_cpu variants trained side by side on the GPU (issue 10's levers that cost
+#            too much on 2 CPU cores), each stopped after 2000 iterations or $EXPLORE_MAX_TIME
+#            (default 00:00:03:30); $EXPLORE lists them as "name override ...;name override ..."
 #   bench    benchmarks/bench.py --device cuda --full, headline $HEADLINE (default bf16_channels_last),
 #            fast paths $VARIANTS (default the eager ones: compile costs minutes at full size)
 #   side     benchmarks/side_by_side.py against the authors' scripts in $AUTHORS (default .authors)
@@ -31,32 +32,34 @@ phase_env() {
 }
 
 phase_tests() {
-  timeout 240 $PY -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -rA tests/test_cuda.py tests/test_ssp.py
+  timeout ${TESTS_TIMEOUT:-240} $PY -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -rA tests/test_cuda.py tests/test_ssp.py
 }
 
 explore_run() {  # name, overrides...
   local name=$1; shift
-  OMP_NUM_THREADS=2 timeout 300 $PY train.py experiment=nrp_cpu trainer=gpu trainer.precision=32-true \
-    trainer.benchmark=true data.num_workers=2 +trainer.max_time=00:00:03:30 run_name="gpu_$name" \
+  OMP_NUM_THREADS=2 timeout ${EXPLORE_TIMEOUT:-300} $PY train.py experiment=nrp_cpu trainer=gpu trainer.precision=32-true \
+    trainer.benchmark=true data.num_workers=2 +trainer.max_time=${EXPLORE_MAX_TIME:-00:00:03:30} run_name="gpu_$name" \
     paths.output_root="$OUT/runs" "$@" >"$OUT/explore_$name.log" 2>&1
   echo "explore $name: exit $? $(grep -o 'max_steps=[0-9]* reached\|max_time.*reached' "$OUT/explore_$name.log" | tail -1)"
 }
 
 phase_explore() {
-  explore_run nf64 model.nf=64 model.gc=32 &
-  explore_run crop128 data.crop_size=128 &
-  explore_run nf64_crop128 model.nf=64 model.gc=32 data.crop_size=128 &
-  explore_run constant_lr module.lr_schedule=constant &
+  local spec
+  IFS=';' read -ra specs <<<"${EXPLORE:-nf64 model.nf=64 model.gc=32;crop128 data.crop_size=128;nf64_crop128 model.nf=64 model.gc=32 data.crop_size=128;constant_lr module.lr_schedule=constant}"
+  for spec in "${specs[@]}"; do
+    # shellcheck disable=SC2086  # a spec is a name and its overrides, split on spaces
+    explore_run $spec &
+  done
   wait
 }
 
 phase_bench() {
-  timeout 300 $PY benchmarks/bench.py --device cuda --full --headline ${HEADLINE:-bf16_channels_last} --variants ${VARIANTS:-fp32,bf16,channels_last,act_ckpt} \
+  timeout ${BENCH_TIMEOUT:-300} $PY benchmarks/bench.py --device cuda --full --headline ${HEADLINE:-bf16_channels_last} --variants ${VARIANTS:-fp32,bf16,channels_last,act_ckpt} \
     --no-scaling --out "$OUT/bench"
 }
 
 phase_side() {
-  timeout 240 $PY benchmarks/side_by_side.py --authors "$AUTHORS" --device cuda --images 128 --ssp-images 64 --photos data/photos/train \
+  timeout ${SIDE_TIMEOUT:-240} $PY benchmarks/side_by_side.py --authors "$AUTHORS" --device cuda --images 128 --ssp-images 64 --photos data/photos/train \
     --batch-size 32 --out "$OUT/side"
 }
 
