@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import defaultdict
+from collections import defaultdict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,6 +28,7 @@ from nrp_lightning.images import IMAGE_EXTENSIONS, ImageLoadError, list_images, 
 BatchFn = Callable[..., torch.Tensor]
 EXIF_ORIENTATION = 0x0112
 SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+IO_THREADS = 4  # threads of run_jobs that decode inputs and encode PNGs beside the computation
 
 
 class UsageError(ValueError):
@@ -117,44 +119,15 @@ def batches_by_size(jobs: list[Job], batch_size: int) -> list[list[Job]]:
     return [group[i:i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
 
 
-def _process(batch: list[Job], fn: BatchFn, summary: Summary, pass_sources: bool = False) -> None:
-    """Load, process and save one batch; a batch whose sizes differ (EXIF surprises) runs per image."""
-    loaded: list[tuple[Job, torch.Tensor]] = []
-    for job in batch:
-        try:
-            loaded.append((job, load_image(job.source)))
-        except ImageLoadError as exc:
-            summary.failed[job.source] = str(exc).removeprefix(f"{job.source}: ")
-    if len({tuple(image.shape) for _, image in loaded}) > 1:
-        for item in loaded:
-            _run([item], fn, summary, pass_sources)
-    elif loaded:
-        _run(loaded, fn, summary, pass_sources)
-
-
-def _run(loaded: list[tuple[Job, torch.Tensor]], fn: BatchFn, summary: Summary, pass_sources: bool) -> None:
-    try:
-        images = torch.stack([image for _, image in loaded])
-        outputs = fn(images, [job.source for job, _ in loaded]) if pass_sources else fn(images)
-    except (RuntimeError, MemoryError, ValueError) as exc:
-        if len(loaded) > 1:  # one bad image (or too big a batch) should not fail the others
-            for item in loaded:
-                _run([item], fn, summary, pass_sources)
-            return
-        summary.failed[loaded[0][0].source] = f"processing failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-        return
-    for (job, _), out in zip(loaded, outputs):
-        try:
-            save_png(out, job.target)
-            summary.done += 1
-        except OSError as exc:
-            summary.failed[job.source] = f"cannot write {job.target} ({exc})"
-
-
 def run_jobs(jobs: list[Job], fn: BatchFn, batch_size: int = 1, overwrite: bool = False,
              desc: str = "images", progress: bool = True, pass_sources: bool = False) -> Summary:
     """Run ``fn`` over the jobs in equal-size batches, writing PNGs; never raises for one bad file.
-    ``pass_sources``: call ``fn(images, sources)`` with the batch's input paths (per-image settings)."""
+    ``pass_sources``: call ``fn(images, sources)`` with the batch's input paths (per-image settings).
+
+    Decoding and PNG encoding run in ``IO_THREADS`` background threads (PIL releases the GIL), so
+    the next batch is read and the last one written while ``fn`` computes: on a GPU the device no
+    longer waits for the CPU's file work. Outputs still appear atomically, and an interrupt waits
+    for the writes under way."""
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
     summary = Summary()
@@ -164,8 +137,60 @@ def run_jobs(jobs: list[Job], fn: BatchFn, batch_size: int = 1, overwrite: bool 
             summary.skipped += 1
         else:
             todo.append(job)
-    with tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, file=sys.stderr) as bar:
-        for batch in batches_by_size(todo, batch_size):
-            _process(batch, fn, summary, pass_sources)
+    batches = batches_by_size(todo, batch_size)
+    writes: deque[tuple[Job, Future]] = deque()
+    with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="nrp-io") as pool, \
+            tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, file=sys.stderr) as bar:
+        upcoming = pool.submit(_load, batches[0]) if batches else None
+        for i, batch in enumerate(batches):
+            loaded, failures = upcoming.result()
+            if i + 1 < len(batches):
+                upcoming = pool.submit(_load, batches[i + 1])
+            summary.failed.update(failures)
+            for job, out in _compute(loaded, fn, summary, pass_sources):
+                writes.append((job, pool.submit(save_png, out, job.target)))
+            while len(writes) > 2 * batch_size:  # bounded: at most two batches of outputs wait
+                _finish_write(*writes.popleft(), summary)
             bar.update(len(batch))
+        while writes:
+            _finish_write(*writes.popleft(), summary)
     return summary
+
+
+def _load(batch: list[Job]) -> tuple[list[tuple[Job, torch.Tensor]], dict[Path, str]]:
+    """The batch's images, and the reason for each file that cannot be read."""
+    loaded, failures = [], {}
+    for job in batch:
+        try:
+            loaded.append((job, load_image(job.source)))
+        except ImageLoadError as exc:
+            failures[job.source] = str(exc).removeprefix(f"{job.source}: ")
+    return loaded, failures
+
+
+def _compute(loaded: list[tuple[Job, torch.Tensor]], fn: BatchFn, summary: Summary,
+             pass_sources: bool) -> list[tuple[Job, torch.Tensor]]:
+    """``fn`` over one loaded batch -> (job, output) pairs. A batch whose sizes differ (EXIF
+    surprises) runs per image, and a failing batch is retried image by image, so that one bad
+    image (or too big a batch) does not fail the others; what still fails goes into ``summary``."""
+    if len(loaded) > 1 and len({tuple(image.shape) for _, image in loaded}) > 1:
+        return [pair for item in loaded for pair in _compute([item], fn, summary, pass_sources)]
+    if not loaded:
+        return []
+    try:
+        images = torch.stack([image for _, image in loaded])
+        outputs = fn(images, [job.source for job, _ in loaded]) if pass_sources else fn(images)
+    except (RuntimeError, MemoryError, ValueError) as exc:
+        if len(loaded) > 1:
+            return [pair for item in loaded for pair in _compute([item], fn, summary, pass_sources)]
+        summary.failed[loaded[0][0].source] = f"processing failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        return []
+    return [(job, out) for (job, _), out in zip(loaded, outputs)]
+
+
+def _finish_write(job: Job, write: Future, summary: Summary) -> None:
+    try:
+        write.result()
+        summary.done += 1
+    except OSError as exc:
+        summary.failed[job.source] = f"cannot write {job.target} ({exc})"

@@ -123,10 +123,15 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
         raise
 
 
+# zlib level of the PNGs we write: lossless at any level; 1 encodes a 224 px photo crop 3.5x faster
+# than PIL's default 6 (6.8 vs 23.6 ms here) for files about 20% larger (54 vs 45 KiB).
+PNG_COMPRESS_LEVEL = 1
+
+
 def png_bytes(x: torch.Tensor) -> bytes:
     """``(3, H, W)`` in [0, 1] as the bytes of an 8-bit RGB PNG file."""
     buf = io.BytesIO()
-    Image.fromarray(to_uint8(x)).save(buf, format="PNG")
+    Image.fromarray(to_uint8(x)).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
 
 
