@@ -56,8 +56,9 @@ from nrp_bench.training import bench_full_step, bench_scaling, bench_step_breakd
 SCHEMA = "nrp-bench/1"
 
 
-def run(device: torch.device, profile: Profile) -> dict:
-    """Every measurement of the profile; returns the JSON-ready result."""
+def run(device: torch.device, profile: Profile, save=lambda result: None) -> dict:
+    """Every measurement of the profile; returns the JSON-ready result. ``save(result)`` is called
+    after each measurement with what is measured so far (a killed or failing run keeps it)."""
     torch.manual_seed(0)
     logging.getLogger("nrp_lightning.models.features").setLevel(logging.ERROR)  # random-weights warning
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
@@ -76,18 +77,26 @@ def run(device: torch.device, profile: Profile) -> dict:
     source = hydra.utils.instantiate(step_config(profile.step, Variant(), profile.batch, profile.crop).data.source,
                                      _convert_="all")
     result["step"] = bench_step_breakdown(profile, device, source, peak)
+    save(result)
     result["loader"] = loader_batch_s(step_config(profile.step, Variant(), profile.batch, profile.crop), source, device)
+    save(result)
     log("JPEG loader (COCO-style batch of 16)")
     result["loader_jpeg"] = jpeg_loader_batch_s(source, batches=2 if profile.name == "quick" else 5)
+    save(result)
     result["variants"] = bench_variants(profile, device, source, peak)
+    save(result)
     result["scaling"] = bench_scaling(profile, device, source)
+    save(result)
     result["full_step"] = bench_full_step(profile, device, source, peak)
+    save(result)
     log("purification at 224 px")
     cuda = device.type == "cuda"
     result["purify_224"] = purify_throughput(profile.purify_model, profile.purify_batch, 224, device,
                                              profile.purify_reps, bf16=cuda, channels_last=cuda, peak_tflops=peak)
+    save(result)
     log(f"photo {profile.photo[1]}x{profile.photo[0]} in {profile.tile} px tiles")
     result["photo"] = purify_photo(profile.photo_model, profile.photo, profile.tile, device, bf16=cuda)
+    save(result)
     result["machine"]["other_processes_cpu_share"] = load.stop()
     result["headline"] = {"device": "cpu" if device.type == "cpu" else device_name(device),
                           "step_overhead_ratio": result["step"]["step_overhead_ratio"],
@@ -133,16 +142,22 @@ def main(argv: list[str] | None = None) -> dict:
     if args.no_scaling:
         profile = dataclasses.replace(profile, scaling={})
     start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / "bench.partial.json"  # what is measured so far; removed once bench.json is written
+
+    def save(result: dict) -> None:
+        partial.write_text(json.dumps({**result, "bench_wall_s": time.perf_counter() - start}, indent=2, default=str))
+
     try:
-        result = run(device, profile)
+        result = run(device, profile, save)
     finally:
         torch.set_num_threads(threads)
     result["bench_wall_s"] = time.perf_counter() - start
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=2, default=str))
     table = markdown(result)
     (out / "bench.md").write_text(table)
+    partial.unlink(missing_ok=True)
     print(table)
     print(f"wrote {out / 'bench.json'} and {out / 'bench.md'} in {result['bench_wall_s']:.0f} s")
     print(last_line(result["headline"]))

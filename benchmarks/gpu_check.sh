@@ -61,6 +61,10 @@ phase_bench() {
 phase_side() {
   timeout ${SIDE_TIMEOUT:-240} $PY benchmarks/side_by_side.py --authors "$AUTHORS" --device cuda --images 128 --ssp-images 64 --photos data/photos/train \
     --batch-size 32 --out "$OUT/side"
+  local rc=$?
+  # the random weights it saved (VGG16 528 MB, the paper's RRDB 67 MB) stay on the machine
+  rm -rf "$OUT/side/torch_home" "$OUT"/side/pretrained_purifiers "$OUT"/side/*/pretrained_purifiers
+  return $rc
 }
 
 phase_train() {

@@ -86,3 +86,30 @@ def test_variants_and_no_scaling_options_narrow_the_run(bench, tmp_path, capsys)
     assert LAST_LINE.match(capsys.readouterr().out.strip().splitlines()[-1])
     with pytest.raises(SystemExit, match="unknown turbo"):
         bench.main(["--quick", "--device", "cpu", "--variants", "fp32,turbo"])
+
+
+def test_a_failing_measurement_keeps_what_was_measured_before_it(bench, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise MemoryError("tile too small")
+
+    monkeypatch.setattr(bench, "purify_photo", broken)
+    with pytest.raises(MemoryError, match="tile too small"):
+        bench.main(["--quick", "--device", "cpu", "--threads", "1", "--out", str(tmp_path),
+                    "--variants", "fp32", "--no-scaling"])
+    partial = json.loads((tmp_path / "bench.partial.json").read_text())
+    assert partial["purify_224"]["img_per_s"] > 0 and "photo" not in partial and partial["step"]["whole"]["step_s"] > 0
+    assert not (tmp_path / "bench.json").exists()
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+@pytest.mark.parametrize("quick, full", [(True, False), (False, False), (False, True)])
+def test_photo_tiles_leave_room_for_the_purifiers_halo(quick, full, cuda):
+    from nrp_bench.profiles import profile_for
+
+    from nrp_lightning.models.purifier import RRDBPurifier
+    from nrp_lightning.tiling import DEFAULT_RAMP, MIN_CORE, receptive_margin
+
+    profile = profile_for(torch.device("cuda" if cuda else "cpu"), quick, full)
+    nf, nb, gc = profile.photo_model
+    halo = receptive_margin(RRDBPurifier(nf=nf, nb=nb, gc=gc))
+    assert profile.tile >= 2 * halo + DEFAULT_RAMP + MIN_CORE, (profile.name, profile.tile, halo)
