@@ -37,6 +37,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 VGG16_CACHE_NAME = "vgg16-397923af.pth"  # the file name torchvision's vgg16(pretrained=True) looks for
 PAPER_RRDB = (64, 23, 32)
+EQUALITY_KEYS = {"ours_purify_fp32_b1": "purify_equal_fp32", "ours_purify_bf16": "purify_equal_bf16"}
 
 
 def make_images(photos: Path, count: int, size: int, out: Path, seed: int = 0) -> list[Path]:
@@ -181,18 +182,19 @@ def main(argv=None) -> dict:
         rate = (big - small) / max(seconds[big] - seconds[small], 1e-9)
         result["runs"][name] = {"what": what, "wall_s": seconds, "img_per_s": rate, "output": str(out_dir(big))}
         print(f"  {what}: {seconds} s -> {rate:.2f} img/s", flush=True)
+        if name in EQUALITY_KEYS:  # compared at once: a run cut short later keeps the comparison
+            result[EQUALITY_KEYS[name]] = pixel_diff(work / f"authors_purify{args.images}/purified_imgs", out_dir(big))
+            print(f"  purified PNGs against theirs: {result[EQUALITY_KEYS[name]]}", flush=True)
+        (work / "side_by_side.partial.json").write_text(json.dumps(result, indent=2, default=str))
     r = result["runs"]
-    big = args.images
     result["purify_speedup_fp32_b1"] = r["ours_purify_fp32_b1"]["img_per_s"] / r["authors_purify"]["img_per_s"]
     result["purify_speedup_best"] = r["ours_purify_bf16"]["img_per_s"] / r["authors_purify"]["img_per_s"]
     result["ssp_speedup_fp32"] = r["ours_ssp_fp32"]["img_per_s"] / r["authors_ssp"]["img_per_s"]
     result["ssp_speedup_bf16"] = r["ours_ssp_bf16"]["img_per_s"] / r["authors_ssp"]["img_per_s"]
-    authors_out = work / f"authors_purify{big}/purified_imgs"
-    result["purify_equal_fp32"] = pixel_diff(authors_out, work / f"ours_fp32_b1_{big}")
-    result["purify_equal_bf16"] = pixel_diff(authors_out, work / f"ours_bf16_{big}")
     result["ssp_linf_levels"] = {k: linf_levels(work / f"clean{args.ssp_images}", Path(r[k]["output"]))
                                  for k in ("ours_ssp_fp32", "ours_ssp_bf16")}  # theirs: of their resized input
     (work / "side_by_side.json").write_text(json.dumps(result, indent=2, default=str))
+    (work / "side_by_side.partial.json").unlink()
     lines = [f"Side by side on {result['device']}, {args.size} px images (`python benchmarks/side_by_side.py "
              f"--authors DIR --device {args.device} --images {args.images} --ssp-images {args.ssp_images} "
              f"--batch-size {bs}`)", "", "| command | images/s | wall s (start-up run, timed run) |", "|---|---|---|"]
