@@ -183,7 +183,7 @@ def main(argv=None) -> dict:
         result["runs"][name] = {"what": what, "wall_s": seconds, "img_per_s": rate, "output": str(out_dir(big))}
         print(f"  {what}: {seconds} s -> {rate:.2f} img/s", flush=True)
         if name in EQUALITY_KEYS:  # compared at once: a run cut short later keeps the comparison
-            result[EQUALITY_KEYS[name]] = pixel_diff(work / f"authors_purify{args.images}/purified_imgs", out_dir(big))
+            result[EQUALITY_KEYS[name]] = pixel_diff(Path(result["runs"]["authors_purify"]["output"]), out_dir(big))
             print(f"  purified PNGs against theirs: {result[EQUALITY_KEYS[name]]}", flush=True)
         (work / "side_by_side.partial.json").write_text(json.dumps(result, indent=2, default=str))
     r = result["runs"]

@@ -107,9 +107,9 @@ def test_photo_tiles_leave_room_for_the_purifiers_halo(quick, full, cuda):
     from nrp_bench.profiles import profile_for
 
     from nrp_lightning.models.purifier import RRDBPurifier
-    from nrp_lightning.tiling import DEFAULT_RAMP, MIN_CORE, receptive_margin
+    from nrp_lightning.tiling import min_tile_side, receptive_margin
 
     profile = profile_for(torch.device("cuda" if cuda else "cpu"), quick, full)
     nf, nb, gc = profile.photo_model
     halo = receptive_margin(RRDBPurifier(nf=nf, nb=nb, gc=gc))
-    assert profile.tile >= 2 * halo + DEFAULT_RAMP + MIN_CORE, (profile.name, profile.tile, halo)
+    assert profile.tile >= min_tile_side(halo), (profile.name, profile.tile, halo)

@@ -136,6 +136,11 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
     return out / weight
 
 
+def min_tile_side(halo: int, ramp: int = DEFAULT_RAMP) -> int:
+    """The smallest tile side (px) that keeps ``MIN_CORE`` px of output inside two halos and the ramp."""
+    return 2 * halo + ramp + MIN_CORE
+
+
 def tile_shape(height: int, width: int, budget: int, bytes_per_px: int, halo: int, ramp: int) -> tuple[int, int]:
     """The largest tile (``tile_h, tile_w``) within ``budget`` bytes: square unless the image is thin."""
     pixels = budget // bytes_per_px
@@ -143,7 +148,7 @@ def tile_shape(height: int, width: int, budget: int, bytes_per_px: int, halo: in
     tile_h = min(height, side)
     tile_w = min(width, pixels // max(tile_h, 1))
     tile_h = min(height, pixels // max(tile_w, 1))
-    needed = 2 * halo + ramp + MIN_CORE
+    needed = min_tile_side(halo, ramp)
     if (tile_h < height and tile_h < needed) or (tile_w < width and tile_w < needed):
         need = needed * needed * bytes_per_px
         raise MemoryError(f"a memory budget of {budget / 2**20:.0f} MiB allows tiles of only {tile_h}x{tile_w} px, "
