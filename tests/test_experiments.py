@@ -36,6 +36,21 @@ def test_every_ablation_composes_with_every_experiment(ablation, experiment, tmp
     assert cfg.ablation_name == ablation and cfg.run_name == f"{experiment}-{ablation}"
 
 
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_the_first_validation_runs_for_every_ablation(ablation, tmp_path):
+    """Every ablation's training input is measured against the reference SSP at the first
+    validation. GNP's noise has no budget (``eps=None``) and once died there on ``float(None)``,
+    250 iterations into a full-length Fig. 5 run that a 300-step sweep with ``val_every=1000`` never
+    validated. Through ``validation_step``, as training calls it."""
+    module = _module(tmp_path, f"ablation={ablation}", "module.reference_steps=3")
+    module.log_dict = lambda *args, **kwargs: None  # no trainer attached
+    out = module.validation_step(torch.rand(2, 3, 32, 32), 0)
+    shares = module._attack_shares
+    assert torch.isfinite(shares["attack_share"]) and shares["attack_share"] > 0
+    assert out["purified"].shape == (2, 3, 32, 32)
+
+
 def test_gnp_never_calls_ssp(tmp_path, monkeypatch):
     import nrp_lightning.attacks.ssp as ssp_module
 

@@ -314,7 +314,8 @@ class NRPModule(pl.LightningModule):
         attack's budget (16/255 if it has none). Inside ``fork_rng``: the random starts drawn here
         leave the run's random stream (and so a resumed run) as it was."""
         steps = self.hparams.reference_steps
-        eps = float(getattr(self.attack, "eps", 16.0))
+        eps = getattr(self.attack, "eps", None)  # GNP's noise has eps=None (unprojected)
+        eps = 16.0 if eps is None else float(eps)
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
             with torch.no_grad():
