@@ -8,7 +8,7 @@
 #   env      nvidia-smi, torch / Lightning versions
 #   tests    the CUDA tests: pytest -m gpu tests/test_cuda.py tests/test_ssp.py
 #   explore  experiment=nrp_cpu variants trained side by side on the GPU (issue 10's levers that cost
-#            too much on 2 CPU cores), each stopped after 2000 iterations or $EXPLORE_MAX_TIME
+#            too much on 2 CPU cores), each stopped after its steps (2000 unless a spec sets steps=) or $EXPLORE_MAX_TIME
 #            (default 00:00:03:30); $EXPLORE lists them as "name override ...;name override ..."
 #   bench    benchmarks/bench.py --device cuda --full, headline $HEADLINE (default bf16_channels_last),
 #            fast paths $VARIANTS (default the eager ones: compile costs minutes at full size)
