@@ -36,7 +36,6 @@ def test_every_ablation_composes_with_every_experiment(ablation, experiment, tmp
     assert cfg.ablation_name == ablation and cfg.run_name == f"{experiment}-{ablation}"
 
 
-
 @pytest.mark.parametrize("ablation", ABLATIONS)
 def test_the_first_validation_runs_for_every_ablation(ablation, tmp_path):
     """Every ablation's training input is measured against the reference SSP at the first
