@@ -1,4 +1,6 @@
 import io
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -59,3 +61,12 @@ def test_png_round_trip_is_exact_and_atomic(tmp_path):
     assert torch.equal(load_image(path), x)
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["a.png"]  # no temporary left behind
     assert list_images(tmp_path) == [path]
+
+
+def test_written_files_get_the_umask_permissions_not_owner_only(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_png(torch.zeros(3, 4, 4), tmp_path / "a.png")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # what open() gives; mkstemp alone gives 0600
