@@ -1,5 +1,6 @@
 """The real Hydra composition, the real NRPModule and Trainer, and resume after SIGKILL."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nrp_lightning.config import CONF_DIR, compose
+from nrp_lightning.config import CONF_DIR, BadConfigError, compose
 from nrp_lightning.train import RunExistsError, build_module, is_complete_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +82,25 @@ def test_a_refused_command_line_run_says_what_to_do_in_one_line_and_leaves_the_e
         "it, or run_name=<new name> to start another run beside it."]
     assert (earlier / ".hydra" / "config.yaml").read_text() == "the earlier run's config"
     assert sorted(p.name for p in earlier.iterdir()) == [".hydra", "checkpoints"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("loss.lam=abc", "loss weights must be numbers >= 0, got alpha=0.005 gamma=0.01 lam='abc' kappa=0.0 detail=0.0"),
+    ("loss.kappa=-1", "loss weights must be numbers >= 0"),
+    ("module.weak_fraction=high", "weak_fraction must be in [0, 1], got high"),
+])
+def test_bad_config_values_are_named(override, message, tmp_path):
+    with pytest.raises(BadConfigError, match=re.escape(message)):
+        build_module(compose(TINY + [override], run_dir=str(tmp_path)))
+
+
+def test_a_bad_config_value_on_the_command_line_is_one_line_not_a_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "steps=0"], env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1:] == [
+        "bad config: steps must be a whole number >= 1 (iterations of Algorithm 2), got 0"]
+    assert "Traceback" not in proc.stderr
 
 
 def _train_cmd(out_root: Path, run_name: str, *extra: str, samples_per_epoch: int = 6) -> list[str]:

@@ -12,6 +12,11 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 EVAL_CONF_DIR = CONF_DIR / "evaluation"  # eval.py's own tree: its groups (data, experiment, ...) are not training's
 
 
+class BadConfigError(ValueError):
+    """A config value outside what it may be (a negative loss weight, ``steps=0``, ...); train.py
+    prints it as one line and exits with status 2, like a refused run."""
+
+
 def optimizer_steps(iterations: int) -> int:
     """Lightning's ``global_step`` for ``iterations`` of Algorithm 2 (two optimizers step each)."""
     return 2 * int(iterations)

@@ -22,8 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from nrp_lightning.attacks.ssp import SSP
+from nrp_lightning.config import BadConfigError
 from nrp_lightning.losses import (ALPHA, GAMMA, GAN_LOSSES, LAMBDA, PIXEL_DISTANCES, detail_loss, feature_distance,
                                   feature_loss, output_consistency_loss, pixel_loss)
+
 
 class DivergenceError(RuntimeError):
     """Training produced non-finite losses or gradients for more steps in a row than allowed."""
@@ -40,6 +42,11 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Plain tensor ops on the inputs' device: torchmetrics' functional PSNR builds a CPU scalar and
     copies it to the device, a host-device synchronisation in every training step on CUDA."""
     return -10.0 * torch.log10(F.mse_loss(a.detach().float().clamp(0, 1), b.float()))
+
+
+def _is_number(value) -> bool:
+    """An int or float config value (not a bool, not a string that Hydra passed through)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class NRPModule(pl.LightningModule):
@@ -93,24 +100,25 @@ class NRPModule(pl.LightningModule):
                  kappa: float = 0.0, output_classifier: nn.Module | None = None, detail: float = 0.0) -> None:
         super().__init__()
         if gan_loss not in GAN_LOSSES:
-            raise ValueError(f"gan_loss must be one of {sorted(GAN_LOSSES)}, got {gan_loss!r}")
+            raise BadConfigError(f"gan_loss must be one of {sorted(GAN_LOSSES)}, got {gan_loss!r}")
         if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+            raise BadConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         if lr_schedule == "cosine" and not (schedule_iterations or 0) > 0:
-            raise ValueError(f"lr_schedule=cosine needs schedule_iterations > 0, got {schedule_iterations}")
+            raise BadConfigError(f"lr_schedule=cosine needs schedule_iterations > 0, got {schedule_iterations}")
         if pixel_distance not in PIXEL_DISTANCES:
-            raise ValueError(f"pixel_distance must be one of {PIXEL_DISTANCES}, got {pixel_distance!r}")
-        if not 0.0 <= weak_fraction <= 1.0:
-            raise ValueError(f"weak_fraction must be in [0, 1], got {weak_fraction}")
-        if max_nonfinite_steps < 1:
-            raise ValueError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
-        if reference_steps < 0:
-            raise ValueError(f"reference_steps must be >= 0 (0: off), got {reference_steps}")
-        if min(alpha, gamma, lam, kappa, detail) < 0:
-            raise ValueError(f"loss weights must be >= 0, got alpha={alpha} gamma={gamma} lam={lam} kappa={kappa} "
-                             f"detail={detail}")
+            raise BadConfigError(f"pixel_distance must be one of {PIXEL_DISTANCES}, got {pixel_distance!r}")
+        if not (_is_number(weak_fraction) and 0.0 <= weak_fraction <= 1.0):
+            raise BadConfigError(f"weak_fraction must be in [0, 1], got {weak_fraction}")
+        if not (_is_number(max_nonfinite_steps) and max_nonfinite_steps >= 1):
+            raise BadConfigError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
+        if not (_is_number(reference_steps) and reference_steps >= 0):
+            raise BadConfigError(f"reference_steps must be >= 0 (0: off), got {reference_steps}")
+        weights = {"alpha": alpha, "gamma": gamma, "lam": lam, "kappa": kappa, "detail": detail}
+        if not all(_is_number(w) and w >= 0 for w in weights.values()):
+            raise BadConfigError("loss weights must be numbers >= 0, got "
+                                 + " ".join(f"{name}={w!r}" for name, w in weights.items()))
         if kappa > 0 and output_classifier is None:
-            raise ValueError(f"loss.kappa={kappa} needs an output_classifier (the classifier whose predictions L_out holds)")
+            raise BadConfigError(f"loss.kappa={kappa} needs an output_classifier (the classifier whose predictions L_out holds)")
         self.automatic_optimization = False
         self.save_hyperparameters(ignore=["purifier", "critic", "features", "attack", "val_attack", "output_classifier"])
         self.purifier, self.critic, self.features, self.attack = purifier, critic, features, attack

@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from nrp_lightning.callbacks import SIGNAL_CHECKPOINT
-from nrp_lightning.config import conf_dir, register_resolvers
+from nrp_lightning.config import BadConfigError, conf_dir, register_resolvers
 from nrp_lightning.lit_module import DivergenceError, NRPModule
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,14 @@ def build_module(cfg: DictConfig) -> NRPModule:
     return NRPModule(
         purifier=purifier, critic=inst(cfg.critic), features=inst(cfg.backbone), attack=inst(cfg.attack),
         val_attack=inst(cfg.val_attack),
-        output_classifier=inst(cfg.output_classifier) if cfg.loss.get("kappa", 0) > 0 else None,
+        output_classifier=inst(cfg.output_classifier) if _positive(cfg.loss.get("kappa", 0)) else None,
         **OmegaConf.to_container(cfg.loss, resolve=True), **OmegaConf.to_container(cfg.module, resolve=True), seed=cfg.seed,
     )
+
+
+def _positive(value) -> bool:
+    """``value > 0`` for a number; False for anything else (NRPModule names the bad value)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def start_from(purifier, path: str) -> None:
@@ -177,6 +182,9 @@ def leave_distributed(environ: dict) -> None:
 def train(cfg: DictConfig) -> dict:
     """Runs one training job; returns the run folder, the exported purifier and the report."""
     register_resolvers()
+    steps = cfg.steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise BadConfigError(f"steps must be a whole number >= 1 (iterations of Algorithm 2), got {steps!r}")
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = find_resume_checkpoint(cfg)
     pl.seed_everything(cfg.seed, workers=True)
@@ -206,6 +214,9 @@ def main(cfg: DictConfig) -> None:
         train(cfg)
     except RunExistsError as exc:  # a multirun job (single runs are refused earlier, by the callback)
         exit_refused(exc)
+    except BadConfigError as exc:
+        print(f"bad config: {exc}", file=sys.stderr)
+        sys.exit(2)
     except DivergenceError as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         sys.exit(3)
