@@ -17,6 +17,11 @@ class BadConfigError(ValueError):
     prints it as one line and exits with status 2, like a refused run."""
 
 
+def is_number(value) -> bool:
+    """An int or float config value (not a bool, not a string that Hydra passed through)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def optimizer_steps(iterations: int) -> int:
     """Lightning's ``global_step`` for ``iterations`` of Algorithm 2 (two optimizers step each)."""
     return 2 * int(iterations)

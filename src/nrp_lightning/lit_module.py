@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nrp_lightning.attacks.ssp import SSP
-from nrp_lightning.config import BadConfigError
+from nrp_lightning.config import BadConfigError, is_number
 from nrp_lightning.losses import (ALPHA, GAMMA, GAN_LOSSES, LAMBDA, PIXEL_DISTANCES, detail_loss, feature_distance,
                                   feature_loss, output_consistency_loss, pixel_loss)
 
@@ -42,11 +42,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Plain tensor ops on the inputs' device: torchmetrics' functional PSNR builds a CPU scalar and
     copies it to the device, a host-device synchronisation in every training step on CUDA."""
     return -10.0 * torch.log10(F.mse_loss(a.detach().float().clamp(0, 1), b.float()))
-
-
-def _is_number(value) -> bool:
-    """An int or float config value (not a bool, not a string that Hydra passed through)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class NRPModule(pl.LightningModule):
@@ -107,14 +102,14 @@ class NRPModule(pl.LightningModule):
             raise BadConfigError(f"lr_schedule=cosine needs schedule_iterations > 0, got {schedule_iterations}")
         if pixel_distance not in PIXEL_DISTANCES:
             raise BadConfigError(f"pixel_distance must be one of {PIXEL_DISTANCES}, got {pixel_distance!r}")
-        if not (_is_number(weak_fraction) and 0.0 <= weak_fraction <= 1.0):
+        if not (is_number(weak_fraction) and 0.0 <= weak_fraction <= 1.0):
             raise BadConfigError(f"weak_fraction must be in [0, 1], got {weak_fraction}")
-        if not (_is_number(max_nonfinite_steps) and max_nonfinite_steps >= 1):
+        if not (is_number(max_nonfinite_steps) and max_nonfinite_steps >= 1):
             raise BadConfigError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
-        if not (_is_number(reference_steps) and reference_steps >= 0):
+        if not (is_number(reference_steps) and reference_steps >= 0):
             raise BadConfigError(f"reference_steps must be >= 0 (0: off), got {reference_steps}")
         weights = {"alpha": alpha, "gamma": gamma, "lam": lam, "kappa": kappa, "detail": detail}
-        if not all(_is_number(w) and w >= 0 for w in weights.values()):
+        if not all(is_number(w) and w >= 0 for w in weights.values()):
             raise BadConfigError("loss weights must be numbers >= 0, got "
                                  + " ".join(f"{name}={w!r}" for name, w in weights.items()))
         if kappa > 0 and output_classifier is None:

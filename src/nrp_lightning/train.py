@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from nrp_lightning.callbacks import SIGNAL_CHECKPOINT
-from nrp_lightning.config import BadConfigError, conf_dir, register_resolvers
+from nrp_lightning.config import BadConfigError, conf_dir, is_number, register_resolvers
 from nrp_lightning.lit_module import DivergenceError, NRPModule
 
 log = logging.getLogger(__name__)
@@ -39,20 +39,16 @@ def build_module(cfg: DictConfig) -> NRPModule:
     ``module`` groups and the ``val_attack`` node; the ``output_classifier`` node is built only when
     ``loss.kappa > 0``."""
     inst = lambda node: hydra.utils.instantiate(node, _convert_="all")  # noqa: E731  (plain Python values)
+    kappa = cfg.loss.get("kappa", 0)  # not a number: NRPModule names the bad value
     purifier = inst(cfg.model)
     if cfg.get("init_purifier"):
         start_from(purifier, cfg.init_purifier)
     return NRPModule(
         purifier=purifier, critic=inst(cfg.critic), features=inst(cfg.backbone), attack=inst(cfg.attack),
         val_attack=inst(cfg.val_attack),
-        output_classifier=inst(cfg.output_classifier) if _positive(cfg.loss.get("kappa", 0)) else None,
+        output_classifier=inst(cfg.output_classifier) if is_number(kappa) and kappa > 0 else None,
         **OmegaConf.to_container(cfg.loss, resolve=True), **OmegaConf.to_container(cfg.module, resolve=True), seed=cfg.seed,
     )
-
-
-def _positive(value) -> bool:
-    """``value > 0`` for a number; False for anything else (NRPModule names the bad value)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def start_from(purifier, path: str) -> None:
@@ -117,12 +113,13 @@ class RefuseFreshRunOverCheckpoints(Callback):
         try:
             refuse_fresh_run_over_checkpoints(config, config.hydra.run.dir)
         except RunExistsError as exc:
-            exit_refused(exc)
+            exit_usage_error("refused", exc)
 
 
-def exit_refused(exc: RunExistsError) -> NoReturn:
-    """The refusal as one line on stderr, then exit status 2 (a usage error, as in the other commands)."""
-    print(f"refused: {exc}", file=sys.stderr)
+def exit_usage_error(label: str, exc: Exception) -> NoReturn:
+    """``label: exc`` as one line on stderr, then exit status 2 (a usage error, as in the other
+    commands): a refused run (``refused``) or a bad config value (``bad config``)."""
+    print(f"{label}: {exc}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -183,7 +180,7 @@ def train(cfg: DictConfig) -> dict:
     """Runs one training job; returns the run folder, the exported purifier and the report."""
     register_resolvers()
     steps = cfg.steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if not (is_number(steps) and isinstance(steps, int) and steps >= 1):
         raise BadConfigError(f"steps must be a whole number >= 1 (iterations of Algorithm 2), got {steps!r}")
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = find_resume_checkpoint(cfg)
@@ -213,10 +210,9 @@ def main(cfg: DictConfig) -> None:
     try:
         train(cfg)
     except RunExistsError as exc:  # a multirun job (single runs are refused earlier, by the callback)
-        exit_refused(exc)
+        exit_usage_error("refused", exc)
     except BadConfigError as exc:
-        print(f"bad config: {exc}", file=sys.stderr)
-        sys.exit(2)
+        exit_usage_error("bad config", exc)
     except DivergenceError as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         sys.exit(3)
