@@ -10,6 +10,9 @@ along it:
 - ``dynamic_avg4``: the mean of P over four such draws
 - ``up1.5`` / ``up2``: x resized up (bicubic) by 1.5 / 2, purified, resized back (antialiased)
 - ``resample2``: that resizing by 2 and back without the purifier (the control for ``up2``)
+- ``gated`` / ``dynamic_gated``: ``plain`` / ``dynamic`` only where the purifier's calibrated gate
+  flags the input (``nrp_lightning.gate``; ``experiments/calibrate_gate.py``), the input elsewhere;
+  offered for purifiers with a calibrated gate
 
     python experiments/probe_inference.py [PURIFIER] --variants plain flip2 dynamic
 """
@@ -22,6 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nrp_lightning.defenses.nrp import load_gate
+from nrp_lightning.gate import GateConfigError
 from nrp_lightning.purify import dynamic_perturb, load_purifier
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -33,8 +38,9 @@ def _resample(x: torch.Tensor, scale: float, inner=lambda u: u) -> torch.Tensor:
     return F.interpolate(inner(u), size=x.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
 
 
-def variants(purifier) -> dict:
-    """name -> function of a (B,3,H,W) batch in [0,1], returning the defended batch, same shape."""
+def variants(purifier, gate=None) -> dict:
+    """name -> function of a (B,3,H,W) batch in [0,1], returning the defended batch, same shape
+    (the ``gated`` ones only with a ``gate.PurificationGate``)."""
     def dynamic(x, draws=1):
         g = torch.Generator().manual_seed(0)
         return torch.stack([purifier(dynamic_perturb(x, g)) for _ in range(draws)]).mean(0)
@@ -48,6 +54,9 @@ def variants(purifier) -> dict:
         "up2": lambda x: _resample(x, 2.0, purifier),
         "resample2": lambda x: _resample(x, 2.0),
     }
+    if gate is not None:
+        table["gated"] = lambda x: gate(x, purifier(x).clamp(0, 1))
+        table["dynamic_gated"] = lambda x: gate(x, dynamic(x).clamp(0, 1))
     return {name: (lambda x, f=f: f(x).clamp(0, 1)) for name, f in table.items()}
 
 
@@ -60,8 +69,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    table = variants(load_purifier(args.purifier).eval())
+    purifier = load_purifier(args.purifier).eval()
+    try:
+        gate = load_gate(purifier)
+    except GateConfigError as exc:
+        gate, why = None, str(exc)
+    table = variants(purifier, gate)
     unknown = set(args.variants or []) - set(table)
+    if unknown & {"gated", "dynamic_gated"} and gate is None:
+        parser.error(f"this purifier has no calibrated gate: {why}")
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {list(table)}")
     defenses = {k: v for k, v in table.items() if args.variants is None or k in args.variants}

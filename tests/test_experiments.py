@@ -256,6 +256,12 @@ def test_probe_inference_variants_keep_shape_range_and_their_definitions():
     assert 0 < float((dyn - x).abs().max()) <= 16 / 255 + 1e-6 and torch.equal(dyn, table["dynamic"](x))
     shifted = variants(lambda t: torch.roll(t, 1, -1))
     assert torch.allclose(shifted["flip2"](x), (torch.roll(x, 1, -1) + torch.roll(x, -1, -1)) / 2)
+    from nrp_lightning.gate import PurificationGate
+
+    gate = PurificationGate(torch.nn.Conv2d(3, 4, 3, padding=1), threshold=1e-3)
+    gated = variants(torch.nn.Identity(), gate)
+    assert torch.equal(gated["gated"](x), x)  # P(x) = x moves no feature: nothing flagged
+    assert torch.equal(variants(lambda t: 1 - t, gate)["gated"](x), 1 - x)  # a big move: flagged
 
 
 def test_probe_detail_oracle_repairs_give_back_what_they_restore():

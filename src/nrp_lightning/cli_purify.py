@@ -88,6 +88,7 @@ def purify_parser() -> argparse.ArgumentParser:
                     "outputs are skipped unless --overwrite. Exit code 0: all done, 1: some images failed, "
                     "2: usage error. To export a purifier instead: nrp-purify export --help",
         epilog="examples: nrp-purify photos/ purified/   (the purifier that ships with nrp-lightning)\n"
+               "          nrp-purify photos/ purified/ --gate   (purify only the images that look attacked)\n"
                "          nrp-purify photos/ purified/ --checkpoint NRP.pth --dynamic --batch-size 4",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_folder_arguments(parser, bf16=True)
@@ -98,6 +99,12 @@ def purify_parser() -> argparse.ArgumentParser:
                         "noise (sigma 0.05, within 16/255), the authors' defence against white-box attackers")
     parser.add_argument("--halo", type=int, help="context px per tile side (default: the purifier's receptive "
                                                  "field, which makes tiling exact; smaller is faster)")
+    parser.add_argument("--gate", action="store_true", help="purify only the images whose features purification "
+                        "moves by more than the gate's threshold (those that look attacked) and write the others "
+                        "unchanged; the gate calibrated for the purifier is read from the JSON beside its file "
+                        "(the shipped purifier has one; experiments/calibrate_gate.py makes one)")
+    parser.add_argument("--gate-threshold", type=float, metavar="TAU", help="the gate's threshold on the feature "
+                        "distance instead of the calibrated one (implies --gate)")
     return parser
 
 
@@ -114,13 +121,29 @@ def export_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _purify_batch(purifier, images: torch.Tensor, *, dynamic: bool, generator: torch.Generator,
-                  max_memory: int | None, halo: int | None, autocast) -> torch.Tensor:
+def _purify_batch(purifier, images: torch.Tensor, sources: list[Path] | None = None, *, dynamic: bool,
+                  generator: torch.Generator, max_memory: int | None, halo: int | None, autocast,
+                  gate=None, flagged: list[Path] | None = None) -> torch.Tensor:
+    """One batch of ``(B,3,H,W)`` images in [0, 1], purified; with a ``gate``, only the images it flags
+    (their paths are appended to ``flagged``), the others returned as they came."""
     from nrp_lightning.purify import purify_images
 
     with autocast():
         out = purify_images(purifier, images, dynamic=dynamic, generator=generator, max_memory=max_memory, halo=halo)
-    return out.float().cpu()
+    out = out.float().cpu()
+    if gate is None:
+        return out
+    device = next(gate.parameters()).device
+    keep = gate.flags(images.to(device), out.to(device)).cpu()
+    flagged.extend(source for source, k in zip(sources, keep.tolist()) if k)
+    return torch.where(keep.view(-1, 1, 1, 1), out, images.float().cpu())
+
+
+def _gate_report(gate, flagged: list[Path], done: int) -> str:
+    names = ", ".join(p.name for p in flagged[:10]) + (", ..." if len(flagged) > 10 else "")
+    return (f"gate (threshold {gate.threshold:g} on {gate.features.name} features): {len(flagged)} of {done} "
+            f"image(s) looked attacked and were purified" + (f" ({names})" if flagged else "")
+            + f"; {done - len(flagged)} written unchanged")
 
 
 def _export(argv: Sequence[str]) -> int:
@@ -145,9 +168,11 @@ def purify_main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["export"]:
         return _export(argv[1:])
     from nrp_lightning.purify import PurifierLoadError, load_purifier
+    from nrp_lightning.weights import WeightsNotFoundError
 
     parser = purify_parser()
     args = parser.parse_args(argv)
+    gate = None
     try:
         device = _device(args.device)
         jobs = plan_jobs(args.input, args.output)
@@ -155,15 +180,26 @@ def purify_main(argv: Sequence[str] | None = None) -> int:
         max_memory = _memory(args.max_memory)
         if args.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.gate or args.gate_threshold is not None:
+            from nrp_lightning.defenses.nrp import load_gate
+
+            gate = load_gate(purifier, args.gate_threshold)
+    except WeightsNotFoundError as exc:
+        parser.error(f"--gate needs its feature extractor's weights: {exc}")
     except (UsageError, PurifierLoadError, ValueError) as exc:
         parser.error(str(exc))
     origin = "" if args.checkpoint else " (no --checkpoint: the purifier shipped with nrp-lightning)"
     precision = ", bf16" if args.bf16 else ""
     print(f"purifier: {purifier.spec} from {purifier.path}{origin} on {device}{precision}; {len(jobs)} images",
           file=sys.stderr)
+    flagged: list[Path] = []
     fn = partial(_purify_batch, purifier, dynamic=args.dynamic, generator=torch.Generator().manual_seed(args.seed),
-                 max_memory=max_memory, halo=args.halo, autocast=_fast_path(device, purifier, args.bf16))
-    summary = run_jobs(jobs, fn, args.batch_size, args.overwrite, desc="purify", progress=not args.no_progress)
+                 max_memory=max_memory, halo=args.halo, autocast=_fast_path(device, purifier, args.bf16),
+                 gate=gate, flagged=flagged)
+    summary = run_jobs(jobs, fn, args.batch_size, args.overwrite, desc="purify", progress=not args.no_progress,
+                       pass_sources=True)
+    if gate is not None:
+        print(_gate_report(gate, flagged, summary.done), file=sys.stderr)
     return _finish(summary)
 
 

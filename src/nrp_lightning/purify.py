@@ -215,6 +215,8 @@ class PurifiedModel(nn.Module):
             them (it is un-normalized, purified, and normalized again).
         dynamic: dynamic inference (fresh noise every call), reproducible with ``seed``.
         max_memory: tiling budget in bytes (``None``: the default budget of the device).
+        gate: a ``gate.PurificationGate`` (e.g. ``defenses.nrp.load_gate(purifier)``): purify only the
+            images it flags, hand the others on as they came.
 
     ``forward`` takes ``(B, 3, H, W)`` or, for torchvision detectors, a list of ``(3, H, W)``;
     further arguments (e.g. detection targets) pass through to ``model``.
@@ -223,7 +225,7 @@ class PurifiedModel(nn.Module):
     def __init__(self, purifier: nn.Module, model: nn.Module, *, input_range: tuple[float, float] = (0.0, 1.0),
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  input_normalized: bool = False, dynamic: bool = False, seed: int | None = None,
-                 max_memory: int | None = None) -> None:
+                 max_memory: int | None = None, gate: nn.Module | None = None) -> None:
         super().__init__()
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std, or neither")
@@ -235,7 +237,7 @@ class PurifiedModel(nn.Module):
         self.purifier, self.model = purifier.eval().requires_grad_(False), model
         self.input_range, self.input_normalized = (low, high), input_normalized
         self.normalize = Normalize(tuple(mean), tuple(std)) if mean is not None else None
-        self.dynamic, self.max_memory = dynamic, max_memory
+        self.dynamic, self.max_memory, self.gate = dynamic, max_memory, gate
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def to_unit_range(self, x: torch.Tensor) -> torch.Tensor:
@@ -258,7 +260,10 @@ class PurifiedModel(nn.Module):
         batch = x.unsqueeze(0) if squeeze else x
         unit = self.to_unit_range(batch).clamp(0.0, 1.0)
         out = purify_images(self.purifier, unit, dynamic=self.dynamic, generator=self.generator,
-                            max_memory=self.max_memory).to(x.dtype)
+                            max_memory=self.max_memory)
+        if self.gate is not None:
+            out = self.gate(unit.to(out), out)
+        out = out.to(x.dtype)
         out = self.from_unit_range(out)
         return out[0] if squeeze else out
 

@@ -1,0 +1,116 @@
+"""Purify only what looks attacked: the purification gate (an option the paper does not have).
+
+The purifier is trained so that the features of ``P(x′)`` match those of the clean ``x`` (L_feat,
+Eq. 7). On a clean photo, purification barely moves its features; on a perturbed one it undoes
+the feature distortion the perturbation made. The gate measures that move,
+
+    s(x) = mean | F(P(x)) − F(x) |     (MAE over the feature map of F, the purifier's own backbone)
+
+and keeps the input where it is small:  D(x) = P(x) if s(x) > τ, else x.  A clean photo the gate
+passes keeps every pixel (and every classifier's prediction); an input it flags is purified as
+without the gate. ``calibrate_threshold`` sets τ from clean photos and weakly attacked ones
+(docs/reproduction.md, "Purify only what looks attacked").
+
+The gate is a detector: an attacker who knows it can aim for perturbations it scores below τ
+(the evaluation's adaptive rows attack through it), and a photo it flags by mistake is purified
+as plain NRP would purify it, no worse.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+GATE_KEY = "gate"  # the entry of a purifier's metadata JSON that holds its calibrated gate
+GATE_BACKBONES = ("mobilenet_v2", "vgg16", "vgg19")  # feature extractors of models.features a gate can use
+
+
+class GateConfigError(ValueError):
+    """A gate asked for that cannot be built (no calibration for this purifier, bad threshold)."""
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """What a gate needs: the feature extractor F (``backbone`` at ``layer``, as in ``models.features``)
+    and the threshold τ on the feature MAE (units of F's activations)."""
+
+    backbone: str
+    layer: int
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.threshold, (int, float)) and not isinstance(self.threshold, bool)
+                and self.threshold > 0 and self.threshold < float("inf")):
+            raise GateConfigError(f"gate threshold must be a positive number, got {self.threshold!r}")
+
+    @classmethod
+    def from_metadata(cls, metadata_path: str | Path) -> GateSpec:
+        """The gate calibrated for a purifier, from the ``"gate"`` entry of its metadata JSON
+        (``pretrained/nrp_cpu.json`` for the shipped one; written by ``experiments/calibrate_gate.py``)."""
+        path = Path(metadata_path)
+        try:
+            entry = json.loads(path.read_text())[GATE_KEY]
+            return cls(entry["backbone"], int(entry["layer"]), float(entry["threshold"]))
+        except FileNotFoundError:
+            raise GateConfigError(f"no metadata file {path} beside the purifier: calibrate a gate for it with "
+                                  "experiments/calibrate_gate.py, or give the threshold") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GateConfigError(f"{path} holds no usable {GATE_KEY!r} entry ({exc!r}): calibrate a gate with "
+                                  "experiments/calibrate_gate.py, or give the threshold") from None
+
+
+class PurificationGate(nn.Module):
+    """``forward(x, purified)``: ``purified`` where ``score(x, purified) > threshold``, else ``x``.
+
+    Args:
+        features: a frozen feature extractor F taking ``(B,3,H,W)`` in [0, 1] (``models.features``).
+        threshold: τ on the per-image feature MAE.
+    """
+
+    def __init__(self, features: nn.Module, threshold: float) -> None:
+        super().__init__()
+        self.features = features.eval().requires_grad_(False)
+        self.threshold = float(threshold)
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold:g}, features={getattr(self.features, 'name', type(self.features).__name__)}"
+
+    @classmethod
+    def from_spec(cls, spec: GateSpec) -> PurificationGate:
+        from nrp_lightning.models import features
+
+        if spec.backbone not in GATE_BACKBONES:
+            raise GateConfigError(f"gate backbone {spec.backbone!r} is not one of {', '.join(GATE_BACKBONES)}")
+        return cls(getattr(features, spec.backbone)(layer=spec.layer), spec.threshold)
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` feature MAE between ``purified`` and ``x`` (both ``(B,3,H,W)`` in [0, 1])."""
+        return (self.features(purified.clamp(0, 1)) - self.features(x)).abs().flatten(1).mean(1)
+
+    @torch.no_grad()
+    def flags(self, x: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` bool: which inputs the gate sends through the purifier."""
+        return self.score(x, purified) > self.threshold
+
+    def forward(self, x: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
+        """``(B,3,H,W)``: each image's ``purified`` if flagged, else ``x``. The choice is piecewise
+        constant, so gradients flow exactly through the branch taken (BPDA needs no approximation)."""
+        keep = self.flags(x, purified).to(x.device).view(-1, 1, 1, 1)
+        return torch.where(keep, purified, x)
+
+
+def calibrate_threshold(clean_scores: torch.Tensor, attacked_scores: torch.Tensor) -> float:
+    """τ halfway between the highest clean score and the lowest attacked one (the widest margin
+    between the two sets). Where the sets overlap, τ is the highest clean score (no clean image of
+    the calibration set flagged) and some attacked ones fall below it: ``ValueError`` if none is above."""
+    clean_max, attacked_min = float(clean_scores.max()), float(attacked_scores.min())
+    if attacked_min > clean_max:
+        return (clean_max + attacked_min) / 2
+    if float(attacked_scores.max()) <= clean_max:
+        raise ValueError(f"no attacked image scores above the clean ones (clean max {clean_max:.4f}, attacked max "
+                         f"{float(attacked_scores.max()):.4f}): this gate cannot tell them apart")
+    return clean_max
