@@ -6,7 +6,8 @@ Copies ``RUN/purifier.pth`` to ``src/nrp_lightning/pretrained/nrp_cpu.pth`` (a p
 in the authors' key layout, checked to load with ``weights_only=True`` and ``strict=True``) and
 writes ``nrp_cpu.json`` beside it: the training command and resolved config, the corpus photos it
 was trained on (name and sha256 from ``data/photos/MANIFEST.csv``), the purifier's size, and, with
-``--eval``, the held-out measurements of that evaluation run (``results.jsonl``).
+``--eval``, the held-out measurements of that evaluation run (``results.jsonl``). The card has no
+gate: a new purifier needs its own, ``python experiments/calibrate_gate.py --write`` afterwards.
 """
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def main() -> None:
     parser.add_argument("--eval", type=Path, help="evaluation run folder (holds results.jsonl)")
     parser.add_argument("--manifest", type=Path, default=Path("data/photos/MANIFEST.csv"))
     args = parser.parse_args()
-    print(f"shipped {ship(args.run, args.eval, args.manifest)}")
+    print(f"shipped {ship(args.run, args.eval, args.manifest)}; calibrate its gate next: "
+          "python experiments/calibrate_gate.py --write")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ def main() -> None:
     parser.add_argument("--victims", nargs="+", default=["efficientnet_lite0", "efficientnet_lite1",
                                                           "efficientnet_lite2", "mobilenet_v2"])
     parser.add_argument("--defenses", nargs="+", default=["none", "JPEG90", "JPEG", "JPEG50", "JPEG30", "Median", "R&P",
-                                                           "TVM", "BitDepth", "Blur", "NRP", "NRP_dynamic"])
+                                                           "TVM", "BitDepth", "Blur", "NRP", "NRP_dynamic", "NRP_gated",
+                                                           "NRP_dynamic_gated"])
     args = parser.parse_args()
     rows = [json.loads(line) for line in (args.run / "results.jsonl").read_text().splitlines() if line.strip()]
     for victim in args.victims:
