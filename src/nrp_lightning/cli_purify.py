@@ -104,7 +104,9 @@ def purify_parser() -> argparse.ArgumentParser:
                         "unchanged; the gate calibrated for the purifier is read from the JSON beside its file "
                         "(the shipped purifier has one; experiments/calibrate_gate.py makes one)")
     parser.add_argument("--gate-threshold", type=float, metavar="TAU", help="the gate's threshold on the feature "
-                        "distance instead of the calibrated one (implies --gate)")
+                        "distance instead of the calibrated one (implies --gate; the feature extractor still comes from the "
+                        "purifier's calibrated gate). A gate helps only against attackers who do not know of it: see "
+                        "docs/protect.md")
     return parser
 
 

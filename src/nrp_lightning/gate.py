@@ -11,9 +11,11 @@ passes keeps every pixel (and every classifier's prediction); an input it flags 
 without the gate. ``calibrate_threshold`` sets τ from clean photos and weakly attacked ones
 (docs/reproduction.md, "Purify only what looks attacked").
 
-The gate is a detector: an attacker who knows it can aim for perturbations it scores below τ
-(the evaluation's adaptive rows attack through it), and a photo it flags by mistake is purified
-as plain NRP would purify it, no worse.
+The gate is a detector. A photo it flags by mistake is purified as plain NRP would purify it, no
+worse; but an attacker who knows it keeps the perturbation's score below τ and nothing is
+purified: on the held-out views such a transfer attack gets through as with no defence, where
+plain NRP still removes part of it (``experiments/probe_gate.py --evade``). It helps only against
+attackers who do not know of it.
 """
 from __future__ import annotations
 
@@ -56,10 +58,10 @@ class GateSpec:
             return cls(entry["backbone"], int(entry["layer"]), float(entry["threshold"]))
         except FileNotFoundError:
             raise GateConfigError(f"no metadata file {path} beside the purifier: calibrate a gate for it with "
-                                  "experiments/calibrate_gate.py, or give the threshold") from None
+                                  "python experiments/calibrate_gate.py PURIFIER --write") from None
         except (KeyError, TypeError, ValueError) as exc:
             raise GateConfigError(f"{path} holds no usable {GATE_KEY!r} entry ({exc!r}): calibrate a gate with "
-                                  "experiments/calibrate_gate.py, or give the threshold") from None
+                                  "python experiments/calibrate_gate.py PURIFIER --write") from None
 
 
 class PurificationGate(nn.Module):
