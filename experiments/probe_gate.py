@@ -33,17 +33,14 @@ from nrp_lightning.models.purifier import purify
 from nrp_lightning.purify import load_purifier
 
 sys.path.insert(0, str(Path(__file__).parent))
-from probe_purifier import BLACK_BOX, _batched, adversarial_sets, heldout_images, predict  # noqa: E402
+from probe_purifier import (BLACK_BOX, _batched, adversarial_sets, cached_images, heldout_images,  # noqa: E402
+                            predict)
 
 
 def mifgsm_set(x: torch.Tensor, source, eps: float, cache: Path) -> torch.Tensor:
     """MI-FGSM at ``eps`` from ``source`` on ``x``, cached as 8-bit images."""
-    path = cache / f"MI-FGSM-eps{eps:g}-{len(x)}.pt"
-    if not path.is_file():
-        torch.manual_seed(0)
-        attacked = _batched(lambda b: mifgsm(eps=eps)(b, source(b).argmax(1), source), x)
-        torch.save((attacked * 255).round().to(torch.uint8), path)
-    return torch.load(path, weights_only=True).float() / 255
+    return cached_images(cache / f"MI-FGSM-eps{eps:g}-{len(x)}.pt",
+                         lambda: _batched(lambda b: mifgsm(eps=eps)(b, source(b).argmax(1), source), x))
 
 
 def gate_evading_mifgsm(x: torch.Tensor, source, purifier, gate, eps: float = 16.0, steps: int = 10,
@@ -58,7 +55,7 @@ def gate_evading_mifgsm(x: torch.Tensor, source, purifier, gate, eps: float = 16
     x_adv, momentum = x.clone(), torch.zeros_like(x)
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        score = (gate.features(purify(purifier, x_adv)) - gate.features(x_adv)).abs().flatten(1).mean(1)
+        score = gate.distance(x_adv, purify(purifier, x_adv))
         loss = F.cross_entropy(source(x_adv), y, reduction="sum") \
             - weight * torch.relu(score / (margin * gate.threshold) - 1).sum()
         (grad,) = torch.autograd.grad(loss, x_adv)
@@ -90,12 +87,9 @@ def main() -> None:
         sets[f"MI-FGSM ε {eps:g}"] = screen["MI-FGSM"] if eps == 16 else mifgsm_set(x, source, eps, args.cache)
     sets["SSP ε 16"] = screen["SSP"]
     if args.evade is not None:
-        path = args.cache / f"MI-FGSM-evade{args.evade:g}-{len(x)}.pt"
-        if not path.is_file():
-            torch.manual_seed(0)
-            attacked = _batched(lambda b: gate_evading_mifgsm(b, source, purifier, gate, weight=args.evade), x)
-            torch.save((attacked * 255).round().to(torch.uint8), path)
-        sets[f"gate-evading MI-FGSM ε 16 (W {args.evade:g})"] = torch.load(path, weights_only=True).float() / 255
+        sets[f"gate-evading MI-FGSM ε 16 (W {args.evade:g})"] = cached_images(
+            args.cache / f"MI-FGSM-evade{args.evade:g}-{len(x)}.pt",
+            lambda: _batched(lambda b: gate_evading_mifgsm(b, source, purifier, gate, weight=args.evade), x))
 
     clean_top1 = predict(victim, x)[0]
     rows, scores = [], {}

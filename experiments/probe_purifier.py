@@ -49,17 +49,20 @@ def predict(model, x: torch.Tensor, batch: int = 16) -> tuple[torch.Tensor, torc
     return top.indices, top.values
 
 
+def cached_images(path: Path, make) -> torch.Tensor:
+    """Images ``(N,3,H,W)`` in [0, 1] from ``path``, made first (``make()``, after ``torch.manual_seed(0)``)
+    and stored as 8-bit values when the file is missing."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        torch.save((make() * 255).round().to(torch.uint8), path)
+    return torch.load(path, weights_only=True).float() / 255
+
+
 def adversarial_sets(x: torch.Tensor, source, cache: Path) -> dict[str, torch.Tensor]:
-    cache.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for name, make in (("MI-FGSM", lambda: _batched(lambda b: mifgsm(eps=16)(b, source(b).argmax(1), source), x)),
-                       ("SSP", lambda: _batched(lambda b: SSP(eps=16, step_size=4.0, steps=20)(b, mobilenet_v2(layer=7)), x))):
-        path = cache / f"{name}-{len(x)}.pt"
-        if not path.is_file():
-            torch.manual_seed(0)
-            torch.save((make() * 255).round().to(torch.uint8), path)
-        out[name] = torch.load(path, weights_only=True).float() / 255
-    return out
+    makers = {"MI-FGSM": lambda: _batched(lambda b: mifgsm(eps=16)(b, source(b).argmax(1), source), x),
+              "SSP": lambda: _batched(lambda b: SSP(eps=16, step_size=4.0, steps=20)(b, mobilenet_v2(layer=7)), x)}
+    return {name: cached_images(cache / f"{name}-{len(x)}.pt", make) for name, make in makers.items()}
 
 
 def _batched(fn, x: torch.Tensor, batch: int = 16) -> torch.Tensor:

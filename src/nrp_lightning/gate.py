@@ -88,10 +88,15 @@ class PurificationGate(nn.Module):
             raise GateConfigError(f"gate backbone {spec.backbone!r} is not one of {', '.join(GATE_BACKBONES)}")
         return cls(getattr(features, spec.backbone)(layer=spec.layer), spec.threshold)
 
+    def distance(self, x: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` feature MAE between ``purified`` and ``x`` (both ``(B,3,H,W)`` in [0, 1]), with
+        gradients (an attacker who knows the gate differentiates it)."""
+        return (self.features(purified.clamp(0, 1)) - self.features(x)).abs().flatten(1).mean(1)
+
     @torch.no_grad()
     def score(self, x: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` feature MAE between ``purified`` and ``x`` (both ``(B,3,H,W)`` in [0, 1])."""
-        return (self.features(purified.clamp(0, 1)) - self.features(x)).abs().flatten(1).mean(1)
+        """``distance`` without gradients: the score the gate thresholds."""
+        return self.distance(x, purified)
 
     @torch.no_grad()
     def flags(self, x: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
