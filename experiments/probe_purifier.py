@@ -4,7 +4,7 @@ Both sides at once, as DESIGN.md section 4 asks: clean images must stay clean (P
 against x, the fine detail P(x) keeps (``detail``: % of x's Laplacian energy, ``losses.detail_ratio``),
 share of clean top-1 predictions each of the four shipped classifiers changes) and
 attacks must lose their effect (MI-FGSM and SSP at eps 16, crafted on MobileNetV2, success on the
-black-box EfficientNet-Lite0). JPEG q75 is measured beside it. The reported numbers of
+black-box EfficientNet-Lite0; ``--attacks MI-FGSM DIM SSP`` adds DIM). JPEG q75 is measured beside it. The reported numbers of
 docs/reproduction.md come from ``eval.py``, not from this screen.
 
     python experiments/probe_purifier.py outputs/nrp_cpu-none/purifier.pth [more.pth ...]
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from nrp_lightning.attacks.ssp import SSP
-from nrp_lightning.attacks.transfer import mifgsm
+from nrp_lightning.attacks.transfer import dim, mifgsm
 from nrp_lightning.defenses import JPEG
 from nrp_lightning.eval_data import CROPS, center_square
 from nrp_lightning.evaluation.metrics import psnr_per_image
@@ -59,10 +59,19 @@ def cached_images(path: Path, make) -> torch.Tensor:
     return torch.load(path, weights_only=True).float() / 255
 
 
-def adversarial_sets(x: torch.Tensor, source, cache: Path) -> dict[str, torch.Tensor]:
+SCREEN_ATTACKS = ("MI-FGSM", "SSP")  # the screen's default columns; DIM on request (--attacks)
+
+
+def adversarial_sets(x: torch.Tensor, source, cache: Path, attacks: tuple[str, ...] = SCREEN_ATTACKS) -> dict[str, torch.Tensor]:
+    """The adversarial copies ``(N,3,H,W)`` of ``x`` by attack name, crafted on ``source`` at eps 16
+    (MI-FGSM and DIM against its clean top-1, SSP on its stride-8 features), cached in ``cache``."""
     makers = {"MI-FGSM": lambda: _batched(lambda b: mifgsm(eps=16)(b, source(b).argmax(1), source), x),
+              "DIM": lambda: _batched(lambda b: dim(eps=16)(b, source(b).argmax(1), source), x),
               "SSP": lambda: _batched(lambda b: SSP(eps=16, step_size=4.0, steps=20)(b, mobilenet_v2(layer=7)), x)}
-    return {name: cached_images(cache / f"{name}-{len(x)}.pt", make) for name, make in makers.items()}
+    unknown = sorted(set(attacks) - set(makers))
+    if unknown:
+        raise ValueError(f"unknown screen attack(s) {unknown}; choose from {sorted(makers)}")
+    return {name: cached_images(cache / f"{name}-{len(x)}.pt", makers[name]) for name in attacks}
 
 
 def _batched(fn, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
@@ -95,12 +104,13 @@ def probe(defenses: dict, x: torch.Tensor, adv: dict[str, torch.Tensor], victims
     return results, int(confident.sum())
 
 
-def screen_inputs(photos: Path, cache: Path) -> tuple[torch.Tensor, dict, dict[str, torch.Tensor]]:
+def screen_inputs(photos: Path, cache: Path, attacks: tuple[str, ...] = SCREEN_ATTACKS
+                  ) -> tuple[torch.Tensor, dict, dict[str, torch.Tensor]]:
     """The screen's held-out images ``(N,3,224,224)``, the four victims by name and the cached
     adversarial sets of MobileNetV2 (name -> ``(N,3,224,224)``)."""
     x = heldout_images(photos)
     victims = {v: load_classifier(v) for v in VICTIMS}
-    return x, victims, adversarial_sets(x, victims["mobilenet_v2"], cache)
+    return x, victims, adversarial_sets(x, victims["mobilenet_v2"], cache, attacks)
 
 
 def ensemble(members: list):
@@ -130,9 +140,14 @@ def main() -> None:
     parser.add_argument("--paired", metavar="LABEL", help="also compare every row with the row LABEL on the same "
                         "images: per column, images only LABEL changes / only the row changes, and the exact "
                         "McNemar p-value (far sharper than two Wilson intervals)")
+    parser.add_argument("--attacks", nargs="+", default=list(SCREEN_ATTACKS), metavar="NAME",
+                        help="attack columns, crafted on MobileNetV2 at eps 16: MI-FGSM, DIM, SSP (default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    x, victims, adv = screen_inputs(args.photos, args.cache)
+    try:
+        x, victims, adv = screen_inputs(args.photos, args.cache, tuple(args.attacks))
+    except ValueError as e:
+        parser.error(str(e))
     defenses = {"none": lambda b: b, "JPEG75": JPEG(75)} if args.baselines else {}
     if args.names and len(args.names) != len(args.checkpoints):
         parser.error(f"--names gives {len(args.names)} labels for {len(args.checkpoints)} checkpoints")

@@ -13,9 +13,10 @@ without the gate. ``calibrate_threshold`` sets τ from clean photos and weakly a
 
 The gate is a detector. A photo it flags by mistake is purified as plain NRP would purify it, no
 worse; but an attacker who knows it keeps the perturbation's score below τ and nothing is
-purified: on the held-out views such a transfer attack gets through as with no defence, where
-plain NRP still removes part of it (``experiments/probe_gate.py --evade``). It helps only against
-attackers who do not know of it.
+purified: on the held-out views such a transfer attack gets through as with no defence
+(``experiments/probe_gate.py --evade``). Plain NRP fares no better against an attacker who knows
+it: a transfer attack crafted through the purifier gets through it as well (``--through-purifier``).
+It helps only against attackers who do not know of the defence.
 """
 from __future__ import annotations
 
