@@ -301,3 +301,28 @@ def test_gate_evading_mifgsm_stays_in_budget_and_holds_the_score_down():
     with torch.no_grad():
         s_plain, s_evading = gate.score(plain, purify(purifier, plain)), gate.score(evading, purify(purifier, evading))
     assert float(s_evading.mean()) < float(s_plain.mean())
+
+
+def test_probe_residual_bands_add_up_and_sort_by_frequency():
+    """experiments/probe_residual.py: the three bands sum back to the perturbation exactly; a
+    constant perturbation is all low band, a one-pixel checkerboard all high band, and a
+    checkerboard of 4-pixel squares is mostly mid band; every floor transformation keeps shape and range."""
+    from experiments.probe_residual import band_split, transformations
+
+    d = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(sum(band_split(d).values()), d)
+
+    def share(t: torch.Tensor) -> dict[str, float]:
+        bands = band_split(t)
+        return {k: float(v.pow(2).sum() / t.pow(2).sum()) for k, v in bands.items()}
+
+    assert share(torch.full((1, 3, 32, 32), 0.1))["low"] == pytest.approx(1.0, abs=1e-4)
+    idx = torch.arange(32)
+    checker = ((idx.view(-1, 1) + idx.view(1, -1)) % 2 * 2 - 1).float().expand(1, 3, 32, 32)
+    assert share(checker)["high"] == pytest.approx(1.0, abs=1e-4)
+    squares = (((idx.view(-1, 1) // 4) + (idx.view(1, -1) // 4)) % 2 * 2 - 1).float().expand(1, 3, 32, 32)
+    assert max(share(squares).items(), key=lambda kv: kv[1])[0] == "mid"
+    x = torch.rand(2, 3, 48, 48)
+    for name, t in transformations().items():
+        y = t(x)
+        assert y.shape == x.shape and float(y.min()) >= -1e-6 and float(y.max()) <= 1 + 1e-6, name
