@@ -4,7 +4,7 @@ its success on the held-out views (issue 10's transfer targets): a diagnosis, no
     python experiments/probe_residual.py [PURIFIER.pth]   # default: the shipped purifier; ~6 min on 2 cores
 
 On the screen's 35 held-out crops and its cached MI-FGSM / DIM / SSP sets (eps 16, crafted on
-MobileNetV2; ``probe_purifier.adversarial_sets``), with EfficientNet-Lite0 as the black box, three
+MobileNetV2; ``probe_purifier.adversarial_sets``), with EfficientNet-Lite0 as the black box, four
 tables:
 
 * **bands**: RMS (8-bit levels) of the perturbation ``x_a - x`` and of what purification leaves of
@@ -16,6 +16,10 @@ tables:
   clean view's prediction (there any change of the attacked one counts as a success: the clean
   change is a floor under the attack's success), and success counted against ``P(x)``'s prediction
   instead of ``x``'s (what is left of the attack itself).
+* **smoothness**: the lag-1 autocorrelation of each perturbation (its correlation with itself one
+  pixel over; about 0 for pixel-to-pixel noise, towards 1 for smooth blobs), for the screen's
+  attacks and for the recipe's training SSP (5 steps of 4/255 at eps 16 on MobileNetV2 stride 8,
+  ``attack=ssp_fast``) with TI-smoothed steps of ``--ti-kernels`` pixels (``attack.ti_kernel``).
 * **floor**: clean top-1 changed and attack success behind transformations that destroy more and
   more of the image (Gaussian blur, down- and up-sampling). Success is counted against the
   undefended clean prediction, so it can never fall much below the clean changes: the curve says
@@ -33,7 +37,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe_purifier import BLACK_BOX, _batched, adversarial_sets, heldout_images, predict  # noqa: E402
 
+from nrp_lightning.attacks.ssp import SSP  # noqa: E402
 from nrp_lightning.evaluation.tables import md_table  # noqa: E402
+from nrp_lightning.models.features import mobilenet_v2  # noqa: E402
 from nrp_lightning.models.classifiers import load_classifier  # noqa: E402
 from nrp_lightning.models.purifier import purify  # noqa: E402
 from nrp_lightning.purify import load_purifier  # noqa: E402
@@ -55,6 +61,11 @@ def band_split(d: torch.Tensor) -> dict[str, torch.Tensor]:
 def rms(d: torch.Tensor) -> float:
     """Root mean square of ``d`` in 8-bit levels."""
     return float(d.pow(2).mean().sqrt() * 255)
+
+
+def lag1_autocorrelation(d: torch.Tensor) -> float:
+    """Correlation of a perturbation ``(B,3,H,W)`` with itself shifted one pixel to the right."""
+    return float((d[..., 1:] * d[..., :-1]).mean() / d.pow(2).mean())
 
 
 def rate(hit: torch.Tensor) -> str:
@@ -82,6 +93,8 @@ def main(argv=None) -> None:
     parser.add_argument("purifier", nargs="?", help="purifier file (default: the shipped one)")
     parser.add_argument("--photos", type=Path, default=Path("data/photos/heldout"))
     parser.add_argument("--cache", type=Path, default=Path("outputs/probe_cache"))
+    parser.add_argument("--ti-kernels", type=int, nargs="*", default=[0, 7, 15], metavar="K",
+                        help="TI kernels of the training SSP rows of the smoothness table (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -122,6 +135,15 @@ def main(argv=None) -> None:
           "predictions)\n")
     print(md_table(["attack", "success (%)", "on views P keeps", "on views P changes",
                     "against P(x)'s prediction (%)"], rows) + "\n")
+
+    rows = [[f"{a} (screen)", f"{lag1_autocorrelation(xa - x):.3f}"] for a, xa in adv.items()]
+    features = mobilenet_v2(layer=7)
+    for k in args.ti_kernels:
+        torch.manual_seed(0)
+        x_train = _batched(lambda b: SSP(eps=16, step_size=4.0, steps=5, ti_kernel=k)(b, features), x)
+        rows.append([f"training SSP, ti_kernel {k}", f"{lag1_autocorrelation(x_train - x):.3f}"])
+    print("Smoothness: lag-1 autocorrelation of each perturbation\n")
+    print(md_table(["perturbation", "lag-1 autocorrelation"], rows) + "\n")
 
     rows = []
     for name, t in transformations().items():

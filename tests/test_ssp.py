@@ -184,3 +184,30 @@ def test_input_diversity_stays_in_the_ball_and_distorts_features_at_other_scales
         SSP(diversity=1.5)
     with pytest.raises(ValueError, match="diversity is a probability"):
         ssp(x, f, diversity=-0.1)
+
+
+def lag1_autocorrelation(d: torch.Tensor) -> float:
+    """Correlation of a perturbation ``(B,3,H,W)`` with itself one pixel to the right."""
+    return float((d[..., 1:] * d[..., :-1]).mean() / (d ** 2).mean())
+
+
+def test_ti_kernel_smooths_the_perturbation_stays_in_the_ball_and_still_distorts_features():
+    """``ti_kernel`` (not in the paper): each step's gradient is TI-smoothed before its sign, so the
+    perturbation is smoother than plain SSP's (higher lag-1 autocorrelation), stays in the ball and
+    the image range, and still raises the feature distortion above its random start; 0 is the
+    paper's SSP bit for bit; an even or negative kernel is refused with the reason."""
+    f, x = tiny_features(), torch.rand(4, 3, 48, 48)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    plain = ssp(x, f, eps=16, step_size=2, steps=10, generator=gen())
+    assert torch.equal(plain, ssp(x, f, eps=16, step_size=2, steps=10, generator=gen(), ti_kernel=0))
+    smooth = ssp(x, f, eps=16, step_size=2, steps=10, generator=gen(), ti_kernel=7)
+    assert (smooth - x).abs().max() <= 16 / 255 + 1e-6 and smooth.min() >= 0 and smooth.max() <= 1
+    assert lag1_autocorrelation(smooth - x) > lag1_autocorrelation(plain - x) + 0.1
+    start = random_start(x, 16 / 255, "normal", gen())
+    assert feature_distance(f(smooth), f(x), "mse") > 1.05 * feature_distance(f(start), f(x), "mse")
+    assert SSP(ti_kernel=7)(x, f, gen()).shape == x.shape
+    for bad in (4, -3, 2.5, True):
+        with pytest.raises(ValueError, match="ti_kernel is the odd side"):
+            SSP(ti_kernel=bad)
+    with pytest.raises(ValueError, match="ti_kernel is the odd side"):
+        ssp(x, f, ti_kernel=6)
