@@ -30,7 +30,7 @@ from nrp_lightning.gate import GateConfigError
 from nrp_lightning.purify import dynamic_perturb, load_purifier
 
 sys.path.insert(0, str(Path(__file__).parent))
-from probe_purifier import print_table, probe, screen_inputs  # noqa: E402
+from probe_purifier import SCREEN_ATTACKS, print_table, probe, screen_inputs  # noqa: E402
 
 
 def _resample(x: torch.Tensor, scale: float, inner=lambda u: u) -> torch.Tensor:
@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=None, help="which variants (default: all)")
     parser.add_argument("--photos", type=Path, default=Path("data/photos/heldout"))
     parser.add_argument("--cache", type=Path, default=Path("outputs/probe_cache"))
+    parser.add_argument("--attacks", nargs="+", default=list(SCREEN_ATTACKS), metavar="NAME",
+                        help="attack columns, as probe_purifier.py's: MI-FGSM, DIM, SSP (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,7 +83,10 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {list(table)}")
     defenses = {k: v for k, v in table.items() if args.variants is None or k in args.variants}
-    x, victims, adv = screen_inputs(args.photos, args.cache)
+    try:
+        x, victims, adv = screen_inputs(args.photos, args.cache, tuple(args.attacks))
+    except ValueError as exc:
+        parser.error(str(exc))
     results, _ = probe(defenses, x, adv, victims)
     print_table(results, list(adv), head="variant", width=14)
 
