@@ -30,7 +30,8 @@ from nrp_lightning.gate import GateConfigError
 from nrp_lightning.purify import dynamic_perturb, load_purifier
 
 sys.path.insert(0, str(Path(__file__).parent))
-from probe_purifier import SCREEN_ATTACKS, print_table, probe, screen_inputs  # noqa: E402
+from probe_purifier import (BLACK_BOX, SCREEN_ATTACKS, VICTIMS, attack_labels, print_table, probe,  # noqa: E402
+                            screen_inputs)
 
 
 def _resample(x: torch.Tensor, scale: float, inner=lambda u: u) -> torch.Tensor:
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("outputs/probe_cache"))
     parser.add_argument("--attacks", nargs="+", default=list(SCREEN_ATTACKS), metavar="NAME",
                         help="attack columns, as probe_purifier.py's: MI-FGSM, DIM, SSP (default: %(default)s)")
+    parser.add_argument("--black-boxes", nargs="+", default=[BLACK_BOX], metavar="VICTIM", choices=VICTIMS[1:],
+                        help="victims whose attack success is counted, as probe_purifier.py's (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -87,8 +90,9 @@ def main() -> None:
         x, victims, adv = screen_inputs(args.photos, args.cache, tuple(args.attacks))
     except ValueError as exc:
         parser.error(str(exc))
-    results, _ = probe(defenses, x, adv, victims)
-    print_table(results, list(adv), head="variant", width=14)
+    black_boxes = tuple(dict.fromkeys(args.black_boxes))
+    results, _ = probe(defenses, x, adv, victims, black_boxes=black_boxes)
+    print_table(results, attack_labels(adv, black_boxes), head="variant", width=14)
 
 
 if __name__ == "__main__":

@@ -78,11 +78,18 @@ def _batched(fn, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
     return torch.cat([fn(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
+def attack_labels(attacks, black_boxes=(BLACK_BOX,)) -> list[str]:
+    """The attack columns' labels: ``NAME`` on ``BLACK_BOX``, ``NAME@lite1`` on another black box."""
+    return [a if v == BLACK_BOX else f"{a}@{v.removeprefix('efficientnet_')}" for v in black_boxes for a in attacks]
+
+
 def probe(defenses: dict, x: torch.Tensor, adv: dict[str, torch.Tensor], victims: dict,
-          outcomes: dict | None = None) -> tuple[dict[str, dict], int]:
-    """Each defence's row of the screen (rates in %), and the number of confident images. Given a
-    dict ``outcomes``, also fills ``outcomes[defence][column]`` with the per-image bool ``(N,)``
-    behind each rate (changed / attack succeeded; ``changed_confident`` over the confident images)."""
+          outcomes: dict | None = None, black_boxes: tuple[str, ...] = (BLACK_BOX,)) -> tuple[dict[str, dict], int]:
+    """Each defence's row of the screen (rates in %), and the number of confident images. Attack
+    success is counted on each victim of ``black_boxes`` (columns ``success_<label>``,
+    ``attack_labels``). Given a dict ``outcomes``, also fills ``outcomes[defence][column]`` with the
+    per-image bool ``(N,)`` behind each rate (changed / attack succeeded; ``changed_confident`` over
+    the confident images)."""
     clean_pred = {v: predict(m, x) for v, m in victims.items()}
     confident = clean_pred[BLACK_BOX][1] >= CONFIDENT
     results = {}
@@ -95,8 +102,9 @@ def probe(defenses: dict, x: torch.Tensor, adv: dict[str, torch.Tensor], victims
         hits["changed_confident"] = hits[f"changed_{BLACK_BOX}"][confident]
         for a_name, xa in adv.items():
             with torch.no_grad():
-                pred = predict(victims[BLACK_BOX], _batched(defend, xa))[0]
-            hits[f"success_{a_name}"] = pred != clean_pred[BLACK_BOX][0]
+                dxa = _batched(defend, xa)
+            for v, label in zip(black_boxes, attack_labels([a_name], black_boxes)):
+                hits[f"success_{label}"] = predict(victims[v], dxa)[0] != clean_pred[v][0]
         results[d_name] = {"psnr": float(psnr_per_image(dx, x).mean()), "detail": 100 * float(detail_ratio(dx, x).mean()),
                            **{c: 100 * float(h.float().mean()) for c, h in hits.items()}}
         if outcomes is not None:
@@ -142,6 +150,9 @@ def main() -> None:
                         "McNemar p-value (far sharper than two Wilson intervals)")
     parser.add_argument("--attacks", nargs="+", default=list(SCREEN_ATTACKS), metavar="NAME",
                         help="attack columns, crafted on MobileNetV2 at eps 16: MI-FGSM, DIM, SSP (default: %(default)s)")
+    parser.add_argument("--black-boxes", nargs="+", default=[BLACK_BOX], metavar="VICTIM", choices=VICTIMS[1:],
+                        help="victims whose attack success is counted (default: %(default)s; issue 10's "
+                             "targets name efficientnet_lite0 efficientnet_lite1 efficientnet_lite2)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     try:
@@ -162,12 +173,13 @@ def main() -> None:
     if args.ensemble:
         defenses["mean"] = ensemble([defenses[name] for name in args.names or args.checkpoints])
     outcomes = {}
-    results, n_conf = probe(defenses, x, adv, victims, outcomes)
+    black_boxes = tuple(dict.fromkeys(args.black_boxes))
+    results, n_conf = probe(defenses, x, adv, victims, outcomes, black_boxes)
     print(f"{len(x)} held-out crops ({n_conf} with {BLACK_BOX} clean top-1 prob >= {CONFIDENT})", file=sys.stderr)
-    print_table(results, list(adv))
+    print_table(results, attack_labels(adv, black_boxes))
     print(json.dumps(results))
     if args.markdown:
-        print(markdown(results, len(x), list(adv)))
+        print(markdown(results, len(x), attack_labels(adv, black_boxes)))
     if args.paired is not None:
         print(paired_table(outcomes, args.paired))
 
@@ -196,11 +208,13 @@ def paired_table(outcomes: dict[str, dict[str, torch.Tensor]], reference: str) -
 
 
 def markdown(results: dict[str, dict], n: int, attacks: list[str]) -> str:
-    """The black box's columns as a Markdown table, rates with 95% Wilson intervals over ``n`` images."""
+    """The black boxes' columns as a Markdown table, rates with 95% Wilson intervals over ``n`` images;
+    ``attacks`` are the labels of ``attack_labels``."""
     from nrp_lightning.evaluation.tables import md_table, rate_cell
 
     header = ["defence", "PSNR P(x), x (dB)", f"clean top-1 changed, {BLACK_BOX} (%)",
-              *[f"{a} success, {BLACK_BOX} (%)" for a in attacks]]
+              *[f"{a} success, {BLACK_BOX} (%)" if "@" not in a else
+                "{} success, efficientnet_{} (%)".format(*a.split("@")) for a in attacks]]
     rows = [[name, f"{row['psnr']:.1f}", rate_cell({"changed": row[f"changed_{BLACK_BOX}"], "n": n}, "changed"),
              *[rate_cell({"success_rate": row[f"success_{a}"], "n": n}, "success_rate") for a in attacks]]
             for name, row in results.items()]

@@ -326,3 +326,21 @@ def test_probe_residual_bands_add_up_and_sort_by_frequency():
     for name, t in transformations().items():
         y = t(x)
         assert y.shape == x.shape and float(y.min()) >= -1e-6 and float(y.max()) <= 1 + 1e-6, name
+
+
+def test_probe_purifier_counts_attack_success_on_every_black_box_asked_for():
+    """``--black-boxes``: one success column per attack and victim, each against that victim's own
+    clean prediction; the first black box keeps the plain ``success_NAME`` column the docs use."""
+    from _tiny import smooth_images, tiny_classifier
+    from experiments.probe_purifier import BLACK_BOX, attack_labels, markdown, probe
+
+    assert attack_labels(["DIM", "SSP"], (BLACK_BOX, "efficientnet_lite1")) == ["DIM", "SSP", "DIM@lite1", "SSP@lite1"]
+    x = smooth_images(8, size=32)
+    victims = {BLACK_BOX: tiny_classifier(0), "efficientnet_lite1": tiny_classifier(2), "mobilenet_v2": tiny_classifier(1)}
+    adv = {"SSP": (x + 0.3 * torch.randn_like(x)).clamp(0, 1)}
+    outcomes = {}
+    results, _ = probe({"none": lambda b: b}, x, adv, victims, outcomes, (BLACK_BOX, "efficientnet_lite1"))
+    for label, v in (("SSP", BLACK_BOX), ("SSP@lite1", "efficientnet_lite1")):
+        expected = victims[v](adv["SSP"]).argmax(1) != victims[v](x).argmax(1)
+        assert torch.equal(outcomes["none"][f"success_{label}"], expected)
+    assert "SSP success, efficientnet_lite1 (%)" in markdown(results, 8, ["SSP", "SSP@lite1"])
