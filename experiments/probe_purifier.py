@@ -126,10 +126,17 @@ def ensemble(members: list):
     return lambda b: torch.stack([member(b) for member in members]).mean(0)
 
 
+def _shorten(label: str, replacements: dict[str, str]) -> str:
+    for old, new in replacements.items():
+        label = label.replace(old, new)
+    return label
+
+
 def print_table(results: dict[str, dict], attacks: list[str], head: str = "defence", width: int = 44) -> None:
     """The screen's rows as a fixed-width text table (labels cut to their last ``width`` characters)."""
     cols = ["psnr", "detail", *[f"changed_{v}" for v in VICTIMS], "changed_confident", *[f"success_{a}" for a in attacks]]
-    print(head.ljust(width) + "".join(c.replace("changed_", "chg_").replace("efficientnet_", "")[:14].rjust(15) for c in cols))
+    short = {"changed_": "chg_", "success_": "", "efficientnet_": "", "mobilenet_v2": "mnv2"}  # "MI-FGSM@lite1" fits
+    print(head.ljust(width) + "".join(_shorten(c, short)[:14].rjust(15) for c in cols))
     for name, row in results.items():
         print(name[-width:].ljust(width) + "".join(f"{row[c]:15.1f}" for c in cols))
 
