@@ -30,8 +30,7 @@ from nrp_lightning.gate import GateConfigError
 from nrp_lightning.purify import dynamic_perturb, load_purifier
 
 sys.path.insert(0, str(Path(__file__).parent))
-from probe_purifier import (BLACK_BOX, SCREEN_ATTACKS, VICTIMS, attack_labels, print_table, probe,  # noqa: E402
-                            screen_inputs)
+from probe_purifier import add_screen_options, attack_labels, load_screen, print_table, probe  # noqa: E402
 
 
 def _resample(x: torch.Tensor, scale: float, inner=lambda u: u) -> torch.Tensor:
@@ -65,12 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("purifier", nargs="?", help="any purifier file load_purifier reads (default: the shipped one)")
     parser.add_argument("--variants", nargs="*", default=None, help="which variants (default: all)")
-    parser.add_argument("--photos", type=Path, default=Path("data/photos/heldout"))
-    parser.add_argument("--cache", type=Path, default=Path("outputs/probe_cache"))
-    parser.add_argument("--attacks", nargs="+", default=list(SCREEN_ATTACKS), metavar="NAME",
-                        help="attack columns, as probe_purifier.py's: MI-FGSM, DIM, SSP (default: %(default)s)")
-    parser.add_argument("--black-boxes", nargs="+", default=[BLACK_BOX], metavar="VICTIM", choices=VICTIMS[1:],
-                        help="victims whose attack success is counted, as probe_purifier.py's (default: %(default)s)")
+    add_screen_options(parser)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -86,11 +80,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {list(table)}")
     defenses = {k: v for k, v in table.items() if args.variants is None or k in args.variants}
-    try:
-        x, victims, adv = screen_inputs(args.photos, args.cache, tuple(args.attacks))
-    except ValueError as exc:
-        parser.error(str(exc))
-    black_boxes = tuple(dict.fromkeys(args.black_boxes))
+    x, victims, adv, black_boxes = load_screen(parser, args)
     results, _ = probe(defenses, x, adv, victims, black_boxes=black_boxes)
     print_table(results, attack_labels(adv, black_boxes), head="variant", width=14)
 

@@ -121,6 +121,29 @@ def screen_inputs(photos: Path, cache: Path, attacks: tuple[str, ...] = SCREEN_A
     return x, victims, adversarial_sets(x, victims["mobilenet_v2"], cache, attacks)
 
 
+def add_screen_options(parser: argparse.ArgumentParser) -> None:
+    """The options every screen of these probes shares: its photos, its attack cache, its attack
+    columns and the black boxes they are counted on (``load_screen`` reads them)."""
+    parser.add_argument("--photos", type=Path, default=Path("data/photos/heldout"))
+    parser.add_argument("--cache", type=Path, default=Path("outputs/probe_cache"))
+    parser.add_argument("--attacks", nargs="+", default=list(SCREEN_ATTACKS), metavar="NAME",
+                        help="attack columns, crafted on MobileNetV2 at eps 16: MI-FGSM, DIM, SSP (default: %(default)s)")
+    parser.add_argument("--black-boxes", nargs="+", default=[BLACK_BOX], metavar="VICTIM", choices=VICTIMS[1:],
+                        help="victims whose attack success is counted (default: %(default)s; issue 10's "
+                             "targets name efficientnet_lite0 efficientnet_lite1 efficientnet_lite2)")
+
+
+def load_screen(parser: argparse.ArgumentParser, args: argparse.Namespace
+                ) -> tuple[torch.Tensor, dict, dict[str, torch.Tensor], tuple[str, ...]]:
+    """``screen_inputs`` for the options of ``add_screen_options``, and the black boxes without
+    repeats; an unknown attack name is a usage error."""
+    try:
+        x, victims, adv = screen_inputs(args.photos, args.cache, tuple(args.attacks))
+    except ValueError as exc:
+        parser.error(str(exc))
+    return x, victims, adv, tuple(dict.fromkeys(args.black_boxes))
+
+
 def ensemble(members: list):
     """A test-time ensemble: the mean of the members' outputs, ``(B, 3, H, W)`` -> ``(B, 3, H, W)``."""
     return lambda b: torch.stack([member(b) for member in members]).mean(0)
@@ -144,8 +167,7 @@ def print_table(results: dict[str, dict], attacks: list[str], head: str = "defen
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="*", help="purifier files (any format load_purifier reads)")
-    parser.add_argument("--photos", type=Path, default=Path("data/photos/heldout"))
-    parser.add_argument("--cache", type=Path, default=Path("outputs/probe_cache"))
+    add_screen_options(parser)
     parser.add_argument("--baselines", action="store_true", help="also show no defence and JPEG q75")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table with 95%% Wilson "
                         "intervals (PSNR, clean top-1 changed on the black box, its attack success rates)")
@@ -155,17 +177,9 @@ def main() -> None:
     parser.add_argument("--paired", metavar="LABEL", help="also compare every row with the row LABEL on the same "
                         "images: per column, images only LABEL changes / only the row changes, and the exact "
                         "McNemar p-value (far sharper than two Wilson intervals)")
-    parser.add_argument("--attacks", nargs="+", default=list(SCREEN_ATTACKS), metavar="NAME",
-                        help="attack columns, crafted on MobileNetV2 at eps 16: MI-FGSM, DIM, SSP (default: %(default)s)")
-    parser.add_argument("--black-boxes", nargs="+", default=[BLACK_BOX], metavar="VICTIM", choices=VICTIMS[1:],
-                        help="victims whose attack success is counted (default: %(default)s; issue 10's "
-                             "targets name efficientnet_lite0 efficientnet_lite1 efficientnet_lite2)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    try:
-        x, victims, adv = screen_inputs(args.photos, args.cache, tuple(args.attacks))
-    except ValueError as e:
-        parser.error(str(e))
+    x, victims, adv, black_boxes = load_screen(parser, args)
     defenses = {"none": lambda b: b, "JPEG75": JPEG(75)} if args.baselines else {}
     if args.names and len(args.names) != len(args.checkpoints):
         parser.error(f"--names gives {len(args.names)} labels for {len(args.checkpoints)} checkpoints")
@@ -180,7 +194,6 @@ def main() -> None:
     if args.ensemble:
         defenses["mean"] = ensemble([defenses[name] for name in args.names or args.checkpoints])
     outcomes = {}
-    black_boxes = tuple(dict.fromkeys(args.black_boxes))
     results, n_conf = probe(defenses, x, adv, victims, outcomes, black_boxes)
     print(f"{len(x)} held-out crops ({n_conf} with {BLACK_BOX} clean top-1 prob >= {CONFIDENT})", file=sys.stderr)
     print_table(results, attack_labels(adv, black_boxes))

@@ -122,7 +122,8 @@ def main(argv=None) -> None:
     print(md_table(["attack", "RMS all", "RMS low", "RMS mid", "RMS high", "success: all", "low alone",
                     "mid alone", "high alone"], rows) + "\n")
 
-    clean_changed = predict(victim, px)[0] != clean_top1
+    purified_top1 = predict(victim, px)[0]
+    clean_changed = purified_top1 != clean_top1
     kept, n_kept = ~clean_changed, int((~clean_changed).sum())
     rows = []
     for a in adv:
@@ -130,7 +131,7 @@ def main(argv=None) -> None:
         success = pred != clean_top1
         rows.append([a, rate(success), f"{int((success & kept).sum())} / {n_kept}",
                      f"{int((success & clean_changed).sum())} / {len(x) - n_kept}",
-                     rate(pred != predict(victim, px)[0])])
+                     rate(pred != purified_top1)])
     print(f"Where the attack succeeds behind the purifier (it changes {rate(clean_changed)}% of the clean "
           "predictions)\n")
     print(md_table(["attack", "success (%)", "on views P keeps", "on views P changes",

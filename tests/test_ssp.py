@@ -186,16 +186,13 @@ def test_input_diversity_stays_in_the_ball_and_distorts_features_at_other_scales
         ssp(x, f, diversity=-0.1)
 
 
-def lag1_autocorrelation(d: torch.Tensor) -> float:
-    """Correlation of a perturbation ``(B,3,H,W)`` with itself one pixel to the right."""
-    return float((d[..., 1:] * d[..., :-1]).mean() / (d ** 2).mean())
-
-
 def test_ti_kernel_smooths_the_perturbation_stays_in_the_ball_and_still_distorts_features():
     """``ti_kernel`` (not in the paper): each step's gradient is TI-smoothed before its sign, so the
     perturbation is smoother than plain SSP's (higher lag-1 autocorrelation), stays in the ball and
     the image range, and still raises the feature distortion above its random start; 0 is the
     paper's SSP bit for bit; an even or negative kernel is refused with the reason."""
+    from experiments.probe_residual import lag1_autocorrelation  # the measure the docs quote
+
     f, x = tiny_features(), torch.rand(4, 3, 48, 48)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     plain = ssp(x, f, eps=16, step_size=2, steps=10, generator=gen())

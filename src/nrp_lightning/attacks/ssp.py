@@ -128,6 +128,9 @@ def ssp(
     check_start(start)
     check_diversity(diversity)
     check_ti_kernel(ti_kernel)
+    if ti_kernel:
+        from nrp_lightning.attacks.transfer import ti_smooth  # transfer imports this module
+
     kappas = [k / 255.0 for k in step_sizes(step_size, steps, schedule)]
     x = x.detach()
     eps_01 = eps / 255.0
@@ -140,8 +143,6 @@ def ssp(
                 else feature_distance(features(x_adv), feat_clean, distance))
         (grad,) = torch.autograd.grad(loss, x_adv)
         if ti_kernel:
-            from nrp_lightning.attacks.transfer import ti_smooth  # transfer imports this module
-
             grad = ti_smooth(grad, ti_kernel)
         with torch.no_grad():
             x_adv = project_linf(x_adv + kappa * grad.sign(), x, eps_01)
