@@ -6,13 +6,15 @@ along it:
 
 - ``plain``: P(x)
 - ``flip2``: the mean of P(x) and the flipped-back P(flip(x)) (a two-view self-ensemble)
+- ``twice``: P(P(x)), clamped between the passes (does a second pass take the mid band the first leaves?)
 - ``dynamic``: P of x plus one clipped Gaussian draw (sigma 0.05, within 16/255: dynamic inference)
 - ``dynamic_avg4``: the mean of P over four such draws
 - ``up1.5`` / ``up2``: x resized up (bicubic) by 1.5 / 2, purified, resized back (antialiased)
 - ``resample2``: that resizing by 2 and back without the purifier (the control for ``up2``)
-- ``gated`` / ``dynamic_gated``: ``plain`` / ``dynamic`` only where the purifier's calibrated gate
-  flags the input (``nrp_lightning.gate``; ``experiments/calibrate_gate.py``), the input elsewhere;
-  offered for purifiers with a calibrated gate
+- ``gated`` / ``dynamic_gated`` / ``twice_gated``: ``plain`` / ``dynamic`` / ``twice`` only where
+  the purifier's calibrated gate flags the input (``nrp_lightning.gate``;
+  ``experiments/calibrate_gate.py``), the input elsewhere; ``twice_gated`` flags on P(x), the
+  score the gate was calibrated on. Offered for purifiers with a calibrated gate
 
     python experiments/probe_inference.py [PURIFIER] --variants plain flip2 dynamic
 """
@@ -48,6 +50,7 @@ def variants(purifier, gate=None) -> dict:
     table = {
         "plain": purifier,
         "flip2": lambda x: (purifier(x) + purifier(x.flip(-1)).flip(-1)) / 2,
+        "twice": lambda x: purifier(purifier(x).clamp(0, 1)),
         "dynamic": dynamic,
         "dynamic_avg4": lambda x: dynamic(x, 4),
         "up1.5": lambda x: _resample(x, 1.5, purifier),
@@ -57,6 +60,13 @@ def variants(purifier, gate=None) -> dict:
     if gate is not None:
         table["gated"] = lambda x: gate(x, purifier(x).clamp(0, 1))
         table["dynamic_gated"] = lambda x: gate(x, dynamic(x).clamp(0, 1))
+
+        def twice_gated(x):  # flagged on P(x), the score τ was calibrated on; P(P(x)) where flagged
+            once = purifier(x).clamp(0, 1)
+            keep = gate.flags(x, once).view(-1, 1, 1, 1)
+            return torch.where(keep, purifier(once), x)
+
+        table["twice_gated"] = twice_gated
     return {name: (lambda x, f=f: f(x).clamp(0, 1)) for name, f in table.items()}
 
 

@@ -242,7 +242,7 @@ def test_probe_purifier_paired_table_counts_discordant_images_per_column():
 def test_probe_inference_variants_keep_shape_range_and_their_definitions():
     """The inference-side screen of docs/reproduction.md: with an identity purifier, plain and
     flip2 give the input back, up2 equals the resampling control, dynamic stays within 16/255 and
-    repeats its seeded draw; an uneven purifier (a one-pixel shift) shows flip2 averages two views."""
+    repeats its seeded draw; an uneven purifier (a one-pixel shift) shows flip2 averages two views and twice applies it twice."""
     from experiments.probe_inference import variants
 
     x = torch.rand(2, 3, 32, 40)
@@ -256,12 +256,15 @@ def test_probe_inference_variants_keep_shape_range_and_their_definitions():
     assert 0 < float((dyn - x).abs().max()) <= 16 / 255 + 1e-6 and torch.equal(dyn, table["dynamic"](x))
     shifted = variants(lambda t: torch.roll(t, 1, -1))
     assert torch.allclose(shifted["flip2"](x), (torch.roll(x, 1, -1) + torch.roll(x, -1, -1)) / 2)
+    assert torch.equal(shifted["twice"](x), torch.roll(x, 2, -1))  # two passes: the shift twice
     from nrp_lightning.gate import PurificationGate
 
     gate = PurificationGate(torch.nn.Conv2d(3, 4, 3, padding=1), threshold=1e-3)
     gated = variants(torch.nn.Identity(), gate)
     assert torch.equal(gated["gated"](x), x)  # P(x) = x moves no feature: nothing flagged
     assert torch.equal(variants(lambda t: 1 - t, gate)["gated"](x), 1 - x)  # a big move: flagged
+    assert torch.equal(gated["twice_gated"](x), x)
+    assert torch.equal(variants(lambda t: torch.roll(t, 1, -1), gate)["twice_gated"](x), torch.roll(x, 2, -1))
 
 
 def test_probe_detail_oracle_repairs_give_back_what_they_restore():
