@@ -242,7 +242,8 @@ def test_probe_purifier_paired_table_counts_discordant_images_per_column():
 def test_probe_inference_variants_keep_shape_range_and_their_definitions():
     """The inference-side screen of docs/reproduction.md: with an identity purifier, plain and
     flip2 give the input back, up2 equals the resampling control, dynamic stays within 16/255 and
-    repeats its seeded draw; an uneven purifier (a one-pixel shift) shows flip2 averages two views and twice applies it twice."""
+    repeats its seeded draw; an uneven purifier (a one-pixel shift) shows flip2 averages two views
+    and twice applies it twice; twice_gated passes what the gate leaves and purifies twice what it flags."""
     from experiments.probe_inference import variants
 
     x = torch.rand(2, 3, 32, 40)
