@@ -18,7 +18,8 @@ ABLATIONS = sorted(p.stem for p in (CONF_DIR / "ablation").glob("*.yaml"))
 
 
 def _module(tmp_path, *overrides):
-    base = TINY if not {"ablation=gnp", "ablation=fgsp"} & set(overrides) else [o for o in TINY if not o.startswith("attack.")]
+    swaps_attack = {"ablation=gnp", "ablation=fgsp", "attack=classifier"} & set(overrides)
+    base = [o for o in TINY if not o.startswith("attack.")] if swaps_attack else TINY
     return build_module(compose(base + list(overrides), run_dir=str(tmp_path)))
 
 
@@ -106,6 +107,28 @@ def test_fgsp_attacks_a_classifier_with_its_own_prediction(tmp_path):
     label = clf(x).argmax(1)
     ce = torch.nn.functional.cross_entropy
     assert ce(clf(x_adv), label) > ce(clf(x), label)
+
+
+@pytest.mark.parametrize("method", ["mifgsm", "dim"])
+def test_classifier_attack_inputs_raise_the_cross_entropy_of_the_own_prediction(method, tmp_path):
+    """``attack=classifier``: iterative logit-space inputs of MobileNetV2 at the crop's own size,
+    inside the budget, further from the classifier's own clean prediction than x is; a method
+    that ``attacks.transfer`` does not have is refused by name."""
+    from nrp_lightning.attacks.training_inputs import ClassifierAttack
+
+    module = _module(tmp_path, "attack=classifier", f"attack.method={method}", "attack.eps=8", "attack.steps=3")
+    assert isinstance(module.attack, ClassifierAttack) and module.attack.classifier.input_size is None
+    assert repr(module.attack) == f"ClassifierAttack(method={method}, eps=8, steps=3, classifier=mobilenet_v2)"
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 48, 48)
+    x_adv = module.find_adversaries(x)
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and (x_adv - x).abs().max() > 7 / 255
+    clf = module.attack.classifier
+    label = clf(x).argmax(1)
+    ce = torch.nn.functional.cross_entropy
+    assert ce(clf(x_adv), label) > ce(clf(x), label) + 1.0
+    with pytest.raises(ValueError, match="method must be one of fgsm, ifgsm, mifgsm, dim; got 'pgd'"):
+        ClassifierAttack(clf, method="pgd")
 
 
 def test_backbone_group_reaches_every_extractor(tmp_path):
