@@ -3,8 +3,8 @@
 Both sides at once, as DESIGN.md section 4 asks: clean images must stay clean (PSNR of P(x)
 against x, the fine detail P(x) keeps (``detail``: % of x's Laplacian energy, ``losses.detail_ratio``),
 share of clean top-1 predictions each of the four shipped classifiers changes) and
-attacks must lose their effect (MI-FGSM and SSP at eps 16, crafted on MobileNetV2, success on the
-black-box EfficientNet-Lite0; ``--attacks MI-FGSM DIM SSP`` adds DIM). JPEG q75 is measured beside it. The reported numbers of
+attacks must lose their effect (MI-FGSM and SSP at eps 16, crafted on MobileNetV2 or on
+``--source``, success on the black-box EfficientNet-Lite0; ``--attacks MI-FGSM DIM SSP`` adds DIM). JPEG q75 is measured beside it. The reported numbers of
 docs/reproduction.md come from ``eval.py``, not from this screen.
 
     python experiments/probe_purifier.py outputs/nrp_cpu-none/purifier.pth [more.pth ...]
@@ -34,6 +34,7 @@ from nrp_lightning.purify import load_purifier
 
 VICTIMS = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 BLACK_BOX = "efficientnet_lite0"
+SOURCE = "mobilenet_v2"
 CONFIDENT = 0.3
 
 
@@ -62,16 +63,20 @@ def cached_images(path: Path, make) -> torch.Tensor:
 SCREEN_ATTACKS = ("MI-FGSM", "SSP")  # the screen's default columns; DIM on request (--attacks)
 
 
-def adversarial_sets(x: torch.Tensor, source, cache: Path, attacks: tuple[str, ...] = SCREEN_ATTACKS) -> dict[str, torch.Tensor]:
-    """The adversarial copies ``(N,3,H,W)`` of ``x`` by attack name, crafted on ``source`` at eps 16
-    (MI-FGSM and DIM against its clean top-1, SSP on its stride-8 features), cached in ``cache``."""
+def adversarial_sets(x: torch.Tensor, source, cache: Path, attacks: tuple[str, ...] = SCREEN_ATTACKS,
+                     tag: str = "") -> dict[str, torch.Tensor]:
+    """The adversarial copies ``(N,3,H,W)`` of ``x`` by attack name, crafted at eps 16 (MI-FGSM and
+    DIM on the classifier ``source`` against its clean top-1, SSP on MobileNetV2's stride-8
+    features), cached in ``cache`` as ``NAME[-tag]-N.pt`` (``tag`` names a source other than
+    MobileNetV2, so that the sets of two sources never share a file)."""
     makers = {"MI-FGSM": lambda: _batched(lambda b: mifgsm(eps=16)(b, source(b).argmax(1), source), x),
               "DIM": lambda: _batched(lambda b: dim(eps=16)(b, source(b).argmax(1), source), x),
               "SSP": lambda: _batched(lambda b: SSP(eps=16, step_size=4.0, steps=20)(b, mobilenet_v2(layer=7)), x)}
     unknown = sorted(set(attacks) - set(makers))
     if unknown:
         raise ValueError(f"unknown screen attack(s) {unknown}; choose from {sorted(makers)}")
-    return {name: cached_images(cache / f"{name}-{len(x)}.pt", makers[name]) for name in attacks}
+    suffix = f"-{tag}" if tag else ""
+    return {name: cached_images(cache / f"{name}{suffix}-{len(x)}.pt", makers[name]) for name in attacks}
 
 
 def _batched(fn, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
@@ -112,13 +117,18 @@ def probe(defenses: dict, x: torch.Tensor, adv: dict[str, torch.Tensor], victims
     return results, int(confident.sum())
 
 
-def screen_inputs(photos: Path, cache: Path, attacks: tuple[str, ...] = SCREEN_ATTACKS
+def screen_inputs(photos: Path, cache: Path, attacks: tuple[str, ...] = SCREEN_ATTACKS, source: str = SOURCE
                   ) -> tuple[torch.Tensor, dict, dict[str, torch.Tensor]]:
     """The screen's held-out images ``(N,3,224,224)``, the four victims by name and the cached
-    adversarial sets of MobileNetV2 (name -> ``(N,3,224,224)``)."""
+    adversarial sets crafted on the victim ``source`` (name -> ``(N,3,224,224)``). SSP is
+    MobileNetV2's whatever the source, so another source refuses it."""
+    if source != SOURCE and "SSP" in attacks:
+        raise ValueError(f"SSP is crafted on MobileNetV2's features only; with --source {source} "
+                         "choose from --attacks MI-FGSM DIM")
     x = heldout_images(photos)
     victims = {v: load_classifier(v) for v in VICTIMS}
-    return x, victims, adversarial_sets(x, victims["mobilenet_v2"], cache, attacks)
+    tag = "" if source == SOURCE else source
+    return x, victims, adversarial_sets(x, victims[source], cache, attacks, tag)
 
 
 def add_screen_options(parser: argparse.ArgumentParser) -> None:
@@ -127,21 +137,28 @@ def add_screen_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--photos", type=Path, default=Path("data/photos/heldout"))
     parser.add_argument("--cache", type=Path, default=Path("outputs/probe_cache"))
     parser.add_argument("--attacks", nargs="+", default=list(SCREEN_ATTACKS), metavar="NAME",
-                        help="attack columns, crafted on MobileNetV2 at eps 16: MI-FGSM, DIM, SSP (default: %(default)s)")
-    parser.add_argument("--black-boxes", nargs="+", default=[BLACK_BOX], metavar="VICTIM", choices=VICTIMS[1:],
+                        help="attack columns, crafted on --source at eps 16: MI-FGSM, DIM, SSP (default: %(default)s)")
+    parser.add_argument("--black-boxes", nargs="+", default=[BLACK_BOX], metavar="VICTIM", choices=VICTIMS,
                         help="victims whose attack success is counted (default: %(default)s; issue 10's "
                              "targets name efficientnet_lite0 efficientnet_lite1 efficientnet_lite2)")
+    parser.add_argument("--source", default=SOURCE, choices=VICTIMS,
+                        help="the classifier MI-FGSM and DIM are crafted on (default: %(default)s, the source of "
+                             "issue 10's targets and the purifier's own training network; another one asks "
+                             "whether a purifier removes attacks from a network it never saw)")
 
 
 def load_screen(parser: argparse.ArgumentParser, args: argparse.Namespace
                 ) -> tuple[torch.Tensor, dict, dict[str, torch.Tensor], tuple[str, ...]]:
     """``screen_inputs`` for the options of ``add_screen_options``, and the black boxes without
     repeats; an unknown attack name is a usage error."""
+    black_boxes = tuple(dict.fromkeys(args.black_boxes))
+    if args.source in black_boxes:
+        parser.error(f"--source {args.source} is also a black box: a transfer attack's victim must be another network")
     try:
-        x, victims, adv = screen_inputs(args.photos, args.cache, tuple(args.attacks))
+        x, victims, adv = screen_inputs(args.photos, args.cache, tuple(args.attacks), args.source)
     except ValueError as exc:
         parser.error(str(exc))
-    return x, victims, adv, tuple(dict.fromkeys(args.black_boxes))
+    return x, victims, adv, black_boxes
 
 
 def ensemble(members: list):

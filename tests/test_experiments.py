@@ -371,3 +371,27 @@ def test_probe_purifier_counts_attack_success_on_every_black_box_asked_for():
         expected = victims[v](adv["SSP"]).argmax(1) != victims[v](x).argmax(1)
         assert torch.equal(outcomes["none"][f"success_{label}"], expected)
     assert "SSP success, efficientnet_lite1 (%)" in markdown(results, 8, ["SSP", "SSP@lite1"])
+
+
+def test_probe_purifier_source_option_keeps_its_sets_apart_and_refuses_what_it_cannot_craft(tmp_path, capsys):
+    """``--source``: the sets of another source network are cached under their own names (never
+    read back as MobileNetV2's), a source that is also a black box is a usage error, and SSP (made
+    on MobileNetV2's features only) is refused with another source instead of being mislabelled."""
+    import argparse
+
+    from _tiny import smooth_images, tiny_classifier
+    from experiments.probe_purifier import add_screen_options, adversarial_sets, load_screen
+
+    x = smooth_images(4, size=32)
+    default = adversarial_sets(x, tiny_classifier(0), tmp_path, ("MI-FGSM",))
+    other = adversarial_sets(x, tiny_classifier(1), tmp_path, ("MI-FGSM",), tag="efficientnet_lite0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MI-FGSM-4.pt", "MI-FGSM-efficientnet_lite0-4.pt"]
+    assert not torch.equal(default["MI-FGSM"], other["MI-FGSM"])
+    parser = argparse.ArgumentParser()
+    add_screen_options(parser)
+    for argv, message in ((["--source", "efficientnet_lite1", "--black-boxes", "efficientnet_lite1"], "also a black box"),
+                          (["--source", "efficientnet_lite0", "--black-boxes", "efficientnet_lite1"],
+                           "SSP is crafted on MobileNetV2's features only")):
+        with pytest.raises(SystemExit):
+            load_screen(parser, parser.parse_args(argv + ["--photos", str(tmp_path / "none")]))
+        assert message in capsys.readouterr().err
