@@ -97,6 +97,20 @@ def decode_request_image(request: ImageRequest, max_pixels: int) -> torch.Tensor
         return RequestError(400, str(exc))
 
 
+async def _discard_rest(receive: Receive, more: bool) -> bool:
+    """Read and drop the rest of a refused body; False if the client went away meanwhile.
+
+    Answering before the body is read makes the server close a socket with unread bytes in it,
+    which the kernel turns into a reset: the client then sees "connection reset" instead of the
+    413 (it did, under load, in CI). Nothing read here is kept, so memory stays bounded."""
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return False
+        more = message.get("more_body", False)
+    return True
+
+
 def max_body_bytes(max_pixels: int) -> int:
     """The largest body accepted for images of up to ``max_pixels`` pixels."""
     return int(max_pixels * BODY_BYTES_PER_PIXEL) + BODY_SLACK
@@ -104,7 +118,8 @@ def max_body_bytes(max_pixels: int) -> int:
 
 class RawImageBodies:
     """ASGI middleware for the image routes ``paths``: a body that is not JSON is the image file
-    itself; it becomes ``{"image": base64, **query options}``. Bodies over ``max_bytes`` get 413;
+    itself; it becomes ``{"image": base64, **query options}``. Bodies over ``max_bytes`` get 413
+    (after the rest of the body is read and dropped, so that the client gets the answer);
     a JSON body with a query string gets 400 (its options belong in the JSON)."""
 
     def __init__(self, app: ASGIApp, paths: tuple[str, ...], max_bytes: int) -> None:
@@ -124,6 +139,8 @@ class RawImageBodies:
             if len(body) > self.max_bytes:
                 error = RequestError(413, f"the request body is over {self.max_bytes} bytes, the most this server "
                                           "takes (it follows --max-pixels)")
+                if not await _discard_rest(receive, more):
+                    return
                 await error.response()(scope, receive, send)
                 return
         headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
