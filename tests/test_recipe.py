@@ -227,6 +227,32 @@ def test_the_shipped_purifier_loads_by_default_with_its_card():
     assert load_nrp(None)(x).shape == x.shape and load_nrp(None).weights == f"{DEFAULT_PURIFIER} sha256:{card['sha256'][:16]}"
 
 
+@pytest.mark.parametrize("name", ["nrp_cpu", "nrp_cpu_ssp"])
+def test_each_shipped_purifier_card_command_still_composes_to_its_recorded_config(name, tmp_path):
+    """Reproducible from the card: the recorded training command, composed by today's config tree,
+    gives the recorded model, training input, losses and schedule (nrp_cpu: DIM inputs of
+    MobileNetV2, attack=classifier; nrp_cpu_ssp: the paper's SSP), and the file loads and has its gate."""
+    import json
+
+    from nrp_lightning.defenses import load_nrp
+    from nrp_lightning.purify import DEFAULT_PURIFIER
+
+    path = DEFAULT_PURIFIER.with_name(f"{name}.pth")
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["file"] == path.name
+    overrides = card["training_command"].removeprefix("python train.py ").split()
+    cfg = compose(overrides, run_dir=str(tmp_path))
+    recorded = card["config"]
+    assert cfg.attack._target_ == recorded["attack"]["_target_"]
+    assert cfg.attack._target_.endswith("ClassifierAttack" if name == "nrp_cpu" else "SSP")
+    for group in ("model", "loss"):  # keys added since a card was written (model.input_skip) are not on it
+        assert {k: cfg[group][k] for k in recorded[group]} == recorded[group], group
+    assert (cfg.steps, cfg.seed, cfg.data.crop_size, cfg.module.lr_schedule) == (
+        recorded["steps"], recorded["seed"], recorded["data"]["crop_size"], recorded["module"]["lr_schedule"])
+    gated = load_nrp(str(path), gate=True)
+    assert gated.gate is not None and gated.gate.threshold == card["gate"]["threshold"]
+
+
 def test_nrp_purify_without_checkpoint_uses_the_shipped_purifier(tmp_path, capsys):
     from nrp_lightning.cli_purify import purify_main
 
