@@ -8,9 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from nrp_lightning.evaluation.tables import md_table, rate_cell
+
+
+def psnr_cell(row: dict) -> str:
+    """Mean PSNR; a gated defence hands some images on untouched (∞ each), so its mean is ∞ and
+    the cell gives the lowest PSNR of the images it changed instead."""
+    if math.isinf(row["psnr_mean"]):
+        return f"∞ (min {row['psnr_min']:.1f})"
+    return f"{row['psnr_mean']:.1f}"
 
 
 def table(rows: list[dict], victim: str, defenses: list[str]) -> str:
@@ -27,7 +36,7 @@ def table(rows: list[dict], victim: str, defenses: list[str]) -> str:
         if d not in clean:
             continue
         c = clean[d]
-        psnr = "∞" if d == "none" else (f"{fidelity[d]['psnr_mean']:.1f}" if d in fidelity else "-")
+        psnr = "∞" if d == "none" else (psnr_cell(fidelity[d]) if d in fidelity else "-")
         cells = [d, psnr, rate_cell(c, "changed"), rate_cell(c, "changed_confident")]
         cells += [rate_cell(hit.get((a, s, d)), "success_rate") for a, s in attacks]
         body.append(cells)
