@@ -6,8 +6,13 @@ Copies ``RUN/purifier.pth`` to ``src/nrp_lightning/pretrained/nrp_cpu.pth`` (a p
 in the authors' key layout, checked to load with ``weights_only=True`` and ``strict=True``) and
 writes ``nrp_cpu.json`` beside it: the training command and resolved config, the corpus photos it
 was trained on (name and sha256 from ``data/photos/MANIFEST.csv``), the purifier's size, and, with
-``--eval``, the held-out measurements of that evaluation run (``results.jsonl``). The card has no
-gate: a new purifier needs its own, ``python experiments/calibrate_gate.py --write`` afterwards.
+``--eval``, the held-out measurements of that evaluation run (``results.jsonl``), and the run's
+calibrated gate: ``calibrate_gate.py RUN/purifier.pth --write`` records one in ``RUN/purifier.json``
+for those very bytes, and the card carries it over. Without one the card has no gate and the
+script says to calibrate it on the shipped file.
+
+    python experiments/calibrate_gate.py outputs/RUN/purifier.pth --write   # gate beside the run
+    python experiments/ship_purifier.py outputs/RUN --eval outputs/eval/heldout
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from nrp_lightning.gate import GATE_KEY
 from nrp_lightning.purify import DEFAULT_PURIFIER, load_purifier
 
 
@@ -36,9 +42,24 @@ def eval_rows(eval_dir: Path) -> list[dict]:
     return [{k: r.get(k) for k in keep} for r in rows if r.get("defense") in ("none", "JPEG", "NRP", "NRP_dynamic")]
 
 
+def run_gate(run: Path) -> dict | None:
+    """The gate ``calibrate_gate.py --write`` recorded in ``RUN/purifier.json``, or None without one.
+    It was calibrated on ``RUN/purifier.pth``, the very file shipped, so it holds for the copy."""
+    path = run / "purifier.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get(GATE_KEY)
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise SystemExit(f"{path} is not a purifier card ({exc}); calibrate again: "
+                         f"python experiments/calibrate_gate.py {run / 'purifier.pth'} --write") from None
+
+
 def ship(run: Path, eval_dir: Path | None = None, manifest: Path = Path("data/photos/MANIFEST.csv"),
          dest: Path = DEFAULT_PURIFIER) -> Path:
+    """Copy ``run/purifier.pth`` to ``dest`` and write its card ``dest.with_suffix('.json')``."""
     source = run / "purifier.pth"
+    gate = run_gate(run)  # before anything is copied: a broken run card leaves the package as it was
     purifier = load_purifier(source)  # weights_only=True, strict=True, or a clear error
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, dest)
@@ -55,6 +76,8 @@ def ship(run: Path, eval_dir: Path | None = None, manifest: Path = Path("data/ph
         "config": yaml.safe_load((run / ".hydra" / "config.yaml").read_text()),
         "report": "docs/reproduction.md",
     }
+    if gate is not None:
+        card[GATE_KEY] = gate
     if eval_dir is not None:
         card["heldout_evaluation"] = {"command": "python eval.py experiment=heldout", "rows": eval_rows(eval_dir)}
     dest.with_suffix(".json").write_text(json.dumps(card, indent=1, default=str) + "\n")
@@ -68,8 +91,11 @@ def main() -> None:
     parser.add_argument("--eval", type=Path, help="evaluation run folder (holds results.jsonl)")
     parser.add_argument("--manifest", type=Path, default=Path("data/photos/MANIFEST.csv"))
     args = parser.parse_args()
-    print(f"shipped {ship(args.run, args.eval, args.manifest)}; calibrate its gate next: "
-          "python experiments/calibrate_gate.py --write")
+    dest = ship(args.run, args.eval, args.manifest)
+    if GATE_KEY in json.loads(dest.with_suffix(".json").read_text()):
+        print(f"shipped {dest} with the gate of {args.run / 'purifier.json'}")
+    else:
+        print(f"shipped {dest} without a gate; calibrate it next: python experiments/calibrate_gate.py --write")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Ablations, attack/backbone groups, multirun folders, W&B fallback, DDP and multi-node configs."""
+import json
 import os
 import subprocess
 import sys
@@ -395,3 +396,53 @@ def test_probe_purifier_source_option_keeps_its_sets_apart_and_refuses_what_it_c
         with pytest.raises(SystemExit):
             load_screen(parser, parser.parse_args(argv + ["--photos", str(tmp_path / "none")]))
         assert message in capsys.readouterr().err
+
+
+def _training_run(tmp_path, gate: dict | None):
+    """A finished run folder as train.py leaves it (purifier.pth, .hydra/), and a corpus manifest."""
+    from nrp_lightning.models.purifier import RRDBPurifier
+
+    run = tmp_path / "outputs" / "run"
+    (run / ".hydra").mkdir(parents=True)
+    torch.save(RRDBPurifier(8, 1, 4).state_dict(), run / "purifier.pth")
+    (run / ".hydra" / "overrides.yaml").write_text("- experiment=nrp_cpu\n- attack=classifier\n")
+    (run / ".hydra" / "config.yaml").write_text("steps: 2000\n")
+    if gate is not None:
+        (run / "purifier.json").write_text(json.dumps({"gate": gate}))
+    manifest = tmp_path / "MANIFEST.csv"
+    manifest.write_text("name,split,sha256,licence\nkite.jpg,train,ab12,LGPL-3.0\npath.jpg,heldout,cd34,CC0\n")
+    return run, manifest
+
+
+@pytest.mark.parametrize("calibrated", [True, False])
+def test_ship_purifier_carries_over_the_gate_calibrated_for_the_run(calibrated, tmp_path):
+    """The card of a shipped purifier holds the gate ``calibrate_gate.py RUN/purifier.pth --write``
+    recorded beside the run (it was calibrated on the very bytes shipped), so the recorded command
+    sequence is complete; without one the card has no gate, and ``load_nrp(gate=True)`` says so."""
+    from experiments.ship_purifier import ship
+    from nrp_lightning.gate import GateConfigError, GateSpec
+
+    gate = {"backbone": "mobilenet_v2", "layer": 7, "threshold": 0.318}
+    run, manifest = _training_run(tmp_path, gate if calibrated else None)
+    dest = ship(run, manifest=manifest, dest=tmp_path / "pretrained" / "nrp_cpu.pth")
+    card = json.loads(dest.with_suffix(".json").read_text())
+    assert dest.read_bytes() == (run / "purifier.pth").read_bytes()
+    assert card["training_command"] == "python train.py experiment=nrp_cpu attack=classifier"
+    assert [p["name"] for p in card["training_photos"]] == ["kite.jpg"]
+    if calibrated:
+        assert card["gate"] == gate
+        assert GateSpec.from_metadata(dest.with_suffix(".json")).threshold == 0.318
+    else:
+        assert "gate" not in card
+        with pytest.raises(GateConfigError, match="calibrate_gate.py"):
+            GateSpec.from_metadata(dest.with_suffix(".json"))
+
+
+def test_ship_purifier_refuses_a_broken_run_card_with_the_command_that_mends_it(tmp_path):
+    from experiments.ship_purifier import ship
+
+    run, manifest = _training_run(tmp_path, None)
+    (run / "purifier.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="calibrate_gate.py .*purifier.pth --write"):
+        ship(run, manifest=manifest, dest=tmp_path / "pretrained" / "nrp_cpu.pth")
+    assert not (tmp_path / "pretrained").exists()
