@@ -9,7 +9,8 @@ draws the score histograms against τ.
     python experiments/probe_gate.py [PURIFIER] --eps 2 4 8 16 --plot docs/img/gate_scores.png
 
 MI-FGSM sets are cached in ``--cache`` beside the screen's (``MI-FGSM-eps{E}-35.pt``; ε 16 is the
-screen's own ``MI-FGSM-35.pt``).
+screen's own ``MI-FGSM-35.pt``). The sets crafted through the purifier (``--evade``,
+``--through-purifier``) are cached per purifier file, under the first 8 hex digits of its sha256.
 
 ``--evade W`` adds a row for an attacker who knows the gate but not the victim: MI-FGSM at ε 16
 from MobileNetV2 that also keeps the gate score under 0.9 τ (``gate_evading_mifgsm``, penalty
@@ -23,6 +24,7 @@ defence is worth against the plain purifier, not only against the gate.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 
@@ -41,6 +43,12 @@ from nrp_lightning.purify import load_purifier
 sys.path.insert(0, str(Path(__file__).parent))
 from probe_purifier import (BLACK_BOX, _batched, adversarial_sets, cached_images, heldout_images,  # noqa: E402
                             predict)
+
+
+def purifier_tag(path: Path) -> str:
+    """First 8 hex digits of the purifier file's sha256: the key of the sets crafted through it,
+    so that another purifier (a new one shipped under the same name) never reuses them."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
 
 
 def mifgsm_set(x: torch.Tensor, source, eps: float, cache: Path) -> torch.Tensor:
@@ -94,14 +102,15 @@ def main() -> None:
     for eps in args.eps:
         sets[f"MI-FGSM ε {eps:g}"] = screen["MI-FGSM"] if eps == 16 else mifgsm_set(x, source, eps, args.cache)
     sets["SSP ε 16"] = screen["SSP"]
+    tag = purifier_tag(purifier.path)
     if args.evade is not None:
         sets[f"gate-evading MI-FGSM ε 16 (W {args.evade:g})"] = cached_images(
-            args.cache / f"MI-FGSM-evade{args.evade:g}-{len(x)}.pt",
+            args.cache / f"MI-FGSM-evade{args.evade:g}-{tag}-{len(x)}.pt",
             lambda: _batched(lambda b: gate_evading_mifgsm(b, source, purifier, gate, weight=args.evade), x))
     if args.through_purifier:
         behind = Defended(source, NRPDefense(purifier))
         sets["MI-FGSM ε 16 through the purifier"] = cached_images(
-            args.cache / f"MI-FGSM-through-{len(x)}.pt",
+            args.cache / f"MI-FGSM-through-{tag}-{len(x)}.pt",
             lambda: _batched(lambda b: mifgsm(eps=16)(b, source(b).argmax(1), behind), x))
 
     clean_top1 = predict(victim, x)[0]

@@ -331,6 +331,24 @@ def test_gate_evading_mifgsm_stays_in_budget_and_holds_the_score_down():
     assert float(s_evading.mean()) < float(s_plain.mean())
 
 
+def test_probe_gate_keeps_the_sets_crafted_through_a_purifier_apart_per_purifier_file(tmp_path):
+    """The gate-evading and through-the-purifier sets depend on the purifier: once they were cached
+    under one name for whatever file was shipped, so a newly shipped purifier would have been
+    measured on sets crafted through the old one. The cache key is the file's sha256."""
+    from experiments.probe_gate import purifier_tag
+
+    from nrp_lightning.models.purifier import RRDBPurifier
+
+    paths = [tmp_path / f"{name}.pth" for name in ("a", "b")]
+    for path, seed in zip(paths, (0, 1)):
+        torch.manual_seed(seed)
+        torch.save(RRDBPurifier(8, 1, 4).state_dict(), path)
+    copy = tmp_path / "elsewhere" / "a.pth"  # the same bytes shipped under another path
+    copy.parent.mkdir()
+    copy.write_bytes(paths[0].read_bytes())
+    tags = [purifier_tag(p) for p in (*paths, copy)]
+    assert tags[0] != tags[1] and tags[0] == tags[2] and len(tags[0]) == 8
+
 def test_probe_residual_bands_add_up_and_sort_by_frequency():
     """experiments/probe_residual.py: the three bands sum back to the perturbation exactly; a
     constant perturbation is all low band, a one-pixel checkerboard all high band, and a
