@@ -17,6 +17,7 @@ Calibrate on the purifier's *training* photos: the held-out photos are for measu
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -83,7 +84,8 @@ def main() -> None:
                              "photos": str(args.photos), "images": len(x), "size": args.size,
                              "clean_max": round(float(clean_scores.max()), 4),
                              "attack": f"MI-FGSM eps {args.eps:g} from {args.source}",
-                             "attacked_min": round(float(attacked_scores.min()), 4)}}
+                             "attacked_min": round(float(attacked_scores.min()), 4),
+                             "purifier_sha256": hashlib.sha256(Path(purifier.path).read_bytes()).hexdigest()}}
     if args.write:
         path = Path(purifier.path).with_suffix(".json")
         metadata = json.loads(path.read_text()) if path.is_file() else {}

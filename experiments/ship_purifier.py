@@ -44,15 +44,20 @@ def eval_rows(eval_dir: Path) -> list[dict]:
 
 def run_gate(run: Path) -> dict | None:
     """The gate ``calibrate_gate.py --write`` recorded in ``RUN/purifier.json``, or None without one.
-    It was calibrated on ``RUN/purifier.pth``, the very file shipped, so it holds for the copy."""
-    path = run / "purifier.json"
+    It holds for the copy only if it was calibrated on ``RUN/purifier.pth`` as it is now: a gate whose
+    recorded ``purifier_sha256`` names other bytes (the run went on after calibrating) is refused."""
+    path, weights = run / "purifier.json", run / "purifier.pth"
+    again = f"calibrate again: python experiments/calibrate_gate.py {weights} --write"
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text()).get(GATE_KEY)
+        gate = json.loads(path.read_text()).get(GATE_KEY)
     except (json.JSONDecodeError, AttributeError) as exc:
-        raise SystemExit(f"{path} is not a purifier card ({exc}); calibrate again: "
-                         f"python experiments/calibrate_gate.py {run / 'purifier.pth'} --write") from None
+        raise SystemExit(f"{path} is not a purifier card ({exc}); {again}") from None
+    calibrated_on = (gate or {}).get("calibration", {}).get("purifier_sha256")
+    if calibrated_on is not None and calibrated_on != hashlib.sha256(weights.read_bytes()).hexdigest():
+        raise SystemExit(f"the gate in {path} was calibrated on other weights than {weights} holds now; {again}")
+    return gate
 
 
 def ship(run: Path, eval_dir: Path | None = None, manifest: Path = Path("data/photos/MANIFEST.csv"),

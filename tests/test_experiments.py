@@ -464,3 +464,23 @@ def test_ship_purifier_refuses_a_broken_run_card_with_the_command_that_mends_it(
     with pytest.raises(SystemExit, match="calibrate_gate.py .*purifier.pth --write"):
         ship(run, manifest=manifest, dest=tmp_path / "pretrained" / "nrp_cpu.pth")
     assert not (tmp_path / "pretrained").exists()
+
+
+def test_ship_purifier_refuses_a_gate_calibrated_on_other_weights(tmp_path):
+    """calibrate_gate.py records the sha256 of the file it calibrated; a run that went on (new
+    purifier.pth) must be calibrated again before it ships with a gate."""
+    import hashlib
+
+    from experiments.ship_purifier import ship
+
+    run, manifest = _training_run(tmp_path, None)
+    sha = hashlib.sha256((run / "purifier.pth").read_bytes()).hexdigest()
+    gate = {"backbone": "mobilenet_v2", "layer": 7, "threshold": 0.3, "calibration": {"purifier_sha256": sha}}
+    (run / "purifier.json").write_text(json.dumps({"gate": gate}))
+    dest = tmp_path / "pretrained" / "nrp_cpu.pth"
+    assert json.loads(ship(run, manifest=manifest, dest=dest).with_suffix(".json").read_text())["gate"] == gate
+    gate["calibration"]["purifier_sha256"] = "0" * 64
+    (run / "purifier.json").write_text(json.dumps({"gate": gate}))
+    with pytest.raises(SystemExit, match="calibrated on other weights"):
+        ship(run, manifest=manifest, dest=tmp_path / "elsewhere" / "nrp_cpu.pth")
+    assert not (tmp_path / "elsewhere").exists()
