@@ -128,6 +128,25 @@ def test_every_experiment_preset_composes(experiment):
         assert cfg.sweep_attack in cfg.attacks
 
 
+def test_the_heldout_preset_finds_the_shipped_purifiers_from_any_folder(tmp_path, monkeypatch):
+    """``NRP_SSP`` names the package's second purifier through ``${pretrained:...}``: once a path
+    relative to the repository root, so ``eval.py experiment=heldout`` run from another folder died
+    on a missing file. A name the package does not ship is a one-line error listing what it does."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    from nrp_lightning.defenses import load_nrp
+    from nrp_lightning.purify import DEFAULT_PURIFIER
+
+    monkeypatch.chdir(tmp_path)
+    cfg = compose(["experiment=heldout"], config_name="eval")
+    weights = cfg.defenses.NRP_SSP.weights
+    assert weights == str(DEFAULT_PURIFIER.with_name("nrp_cpu_ssp.pth")) and load_nrp(weights).weights.startswith(weights)
+    with pytest.raises(InterpolationResolutionError, match="BadConfigError raised while resolving interpolation: "
+                       "no purifier 'nrp_gpu.pth' ships in the package; shipped: nrp_cpu.pth, nrp_cpu_ssp.pth"):
+        bad = compose(["experiment=heldout", "defenses.NRP_SSP.weights=${pretrained:nrp_gpu.pth}"], config_name="eval")
+        OmegaConf.to_container(bad.defenses, resolve=True)
+
 def test_the_old_override_spelling_gets_a_one_line_hint_with_the_new_one():
     assert old_spelling(["evaluation/defenses@defenses=with_nrp", "seed=1"]) == (
         "nrp-eval: `evaluation/defenses@defenses=with_nrp` is the old spelling; the evaluation groups are "

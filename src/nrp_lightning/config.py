@@ -51,8 +51,18 @@ def job_dirname(num: int, task_overrides: list[str], max_len: int = 100) -> str:
     return f"{num}_{name}"
 
 
+def pretrained(name: str) -> str:
+    """``${pretrained:nrp_cpu_ssp.pth}``: the path of a purifier file shipped in the package
+    (``src/nrp_lightning/pretrained/``), whatever folder the command runs in."""
+    path = Path(__file__).resolve().parent / "pretrained" / name
+    if not path.is_file():
+        shipped = sorted(p.name for p in path.parent.glob("*.pth"))
+        raise BadConfigError(f"no purifier {name!r} ships in the package; shipped: {', '.join(shipped)}")
+    return str(path)
+
+
 def register_resolvers() -> None:
-    for name, fn in (("optimizer_steps", optimizer_steps), ("job_dirname", job_dirname)):
+    for name, fn in (("optimizer_steps", optimizer_steps), ("job_dirname", job_dirname), ("pretrained", pretrained)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
