@@ -17,7 +17,6 @@ Calibrate on the purifier's *training* photos: the held-out photos are for measu
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from nrp_lightning.models import features
 from nrp_lightning.models.classifiers import load_classifier
 from nrp_lightning.models.purifier import purify
 from nrp_lightning.purify import load_purifier
+from nrp_lightning.weights import sha256_of
 
 sys.path.insert(0, str(Path(__file__).parent))
 from probe_purifier import _batched, heldout_images  # noqa: E402
@@ -85,7 +85,7 @@ def main() -> None:
                              "clean_max": round(float(clean_scores.max()), 4),
                              "attack": f"MI-FGSM eps {args.eps:g} from {args.source}",
                              "attacked_min": round(float(attacked_scores.min()), 4),
-                             "purifier_sha256": hashlib.sha256(Path(purifier.path).read_bytes()).hexdigest()}}
+                             "purifier_sha256": sha256_of(Path(purifier.path))}}
     if args.write:
         path = Path(purifier.path).with_suffix(".json")
         metadata = json.loads(path.read_text()) if path.is_file() else {}

@@ -24,7 +24,6 @@ defence is worth against the plain purifier, not only against the gate.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from nrp_lightning.evaluation.tables import md_table, rate_cell
 from nrp_lightning.models.classifiers import load_classifier
 from nrp_lightning.models.purifier import purify
 from nrp_lightning.purify import load_purifier
+from nrp_lightning.weights import sha256_of
 
 sys.path.insert(0, str(Path(__file__).parent))
 from probe_purifier import (BLACK_BOX, _batched, adversarial_sets, cached_images, heldout_images,  # noqa: E402
@@ -48,7 +48,7 @@ from probe_purifier import (BLACK_BOX, _batched, adversarial_sets, cached_images
 def purifier_tag(path: Path) -> str:
     """First 8 hex digits of the purifier file's sha256: the key of the sets crafted through it,
     so that another purifier (a new one shipped under the same name) never reuses them."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
+    return sha256_of(Path(path))[:8]
 
 
 def mifgsm_set(x: torch.Tensor, source, eps: float, cache: Path) -> torch.Tensor:

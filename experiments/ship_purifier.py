@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -28,6 +27,7 @@ import yaml
 
 from nrp_lightning.gate import GATE_KEY
 from nrp_lightning.purify import DEFAULT_PURIFIER, load_purifier
+from nrp_lightning.weights import sha256_of
 
 
 def training_photos(manifest: Path) -> list[dict]:
@@ -55,7 +55,7 @@ def run_gate(run: Path) -> dict | None:
     except (json.JSONDecodeError, AttributeError) as exc:
         raise SystemExit(f"{path} is not a purifier card ({exc}); {again}") from None
     calibrated_on = (gate or {}).get("calibration", {}).get("purifier_sha256")
-    if calibrated_on is not None and calibrated_on != hashlib.sha256(weights.read_bytes()).hexdigest():
+    if calibrated_on is not None and calibrated_on != sha256_of(weights):
         raise SystemExit(f"the gate in {path} was calibrated on other weights than {weights} holds now; {again}")
     return gate
 
@@ -71,7 +71,7 @@ def ship(run: Path, eval_dir: Path | None = None, manifest: Path = Path("data/ph
     overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
     card = {
         "file": dest.name,
-        "sha256": hashlib.sha256(dest.read_bytes()).hexdigest(),
+        "sha256": sha256_of(dest),
         "architecture": str(purifier.spec),
         "parameters": sum(p.numel() for p in purifier.parameters()),
         "input": "(B,3,H,W) RGB in [0,1], any size; output unclamped (clamp to [0,1])",

@@ -147,6 +147,7 @@ def test_the_heldout_preset_finds_the_shipped_purifiers_from_any_folder(tmp_path
         bad = compose(["experiment=heldout", "defenses.NRP_SSP.weights=${pretrained:nrp_gpu.pth}"], config_name="eval")
         OmegaConf.to_container(bad.defenses, resolve=True)
 
+
 def test_the_old_override_spelling_gets_a_one_line_hint_with_the_new_one():
     assert old_spelling(["evaluation/defenses@defenses=with_nrp", "seed=1"]) == (
         "nrp-eval: `evaluation/defenses@defenses=with_nrp` is the old spelling; the evaluation groups are "

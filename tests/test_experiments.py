@@ -349,6 +349,7 @@ def test_probe_gate_keeps_the_sets_crafted_through_a_purifier_apart_per_purifier
     tags = [purifier_tag(p) for p in (*paths, copy)]
     assert tags[0] != tags[1] and tags[0] == tags[2] and len(tags[0]) == 8
 
+
 def test_probe_residual_bands_add_up_and_sort_by_frequency():
     """experiments/probe_residual.py: the three bands sum back to the perturbation exactly; a
     constant perturbation is all low band, a one-pixel checkerboard all high band, and a

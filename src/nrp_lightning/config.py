@@ -54,7 +54,9 @@ def job_dirname(num: int, task_overrides: list[str], max_len: int = 100) -> str:
 def pretrained(name: str) -> str:
     """``${pretrained:nrp_cpu_ssp.pth}``: the path of a purifier file shipped in the package
     (``src/nrp_lightning/pretrained/``), whatever folder the command runs in."""
-    path = Path(__file__).resolve().parent / "pretrained" / name
+    from nrp_lightning.purify import DEFAULT_PURIFIER  # the one place the package's pretrained/ folder is named
+
+    path = DEFAULT_PURIFIER.parent / name
     if not path.is_file():
         shipped = sorted(p.name for p in path.parent.glob("*.pth"))
         raise BadConfigError(f"no purifier {name!r} ships in the package; shipped: {', '.join(shipped)}")
