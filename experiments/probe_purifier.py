@@ -8,6 +8,7 @@ attacks must lose their effect (MI-FGSM and SSP at eps 16, crafted on MobileNetV
 docs/reproduction.md come from ``eval.py``, not from this screen.
 
     python experiments/probe_purifier.py outputs/nrp_cpu-none/purifier.pth [more.pth ...]
+    python experiments/probe_purifier.py a.pth b.pth --names a b --inference plain dynamic_avg4 --paired a+dynamic_avg4
 
 Held-out photos: ``data/photos/heldout`` (``experiments/build_photo_corpus.py``), 5 crops each
 (centre square and four 70% corners) at 224 px; adversarial sets are cached in ``--cache``.
@@ -166,6 +167,21 @@ def ensemble(members: list):
     return lambda b: torch.stack([member(b) for member in members]).mean(0)
 
 
+def row_label(name: str, variant: str) -> str:
+    """A checkpoint's row label under an inference variant: ``name``, or ``name+variant`` but for plain."""
+    return name if variant == "plain" else f"{name}+{variant}"
+
+
+def inference_variants(purifier) -> dict:
+    """``probe_inference.variants`` of ``purifier`` without a gate (imported here: that probe
+    builds on this one)."""
+    if str(Path(__file__).parent) not in sys.path:
+        sys.path.insert(0, str(Path(__file__).parent))
+    from probe_inference import variants
+
+    return variants(purifier)
+
+
 def _shorten(label: str, replacements: dict[str, str]) -> str:
     for old, new in replacements.items():
         label = label.replace(old, new)
@@ -191,6 +207,11 @@ def main() -> None:
     parser.add_argument("--names", nargs="*", help="row labels for the checkpoints (default: their paths)")
     parser.add_argument("--ensemble", action="store_true", help="also a row 'mean': the mean of the checkpoints' "
                         "outputs (a test-time ensemble of the purifiers)")
+    parser.add_argument("--inference", nargs="+", default=["plain"], metavar="VARIANT",
+                        help="purify with these inference variants of probe_inference.py (plain, flip2, twice, "
+                             "dynamic, dynamic_avg4, up1.5, up2; default: plain): a row per checkpoint and "
+                             "variant, labelled NAME+VARIANT but for plain, so that --paired compares "
+                             "purifiers under dynamic inference on the same noise draws")
     parser.add_argument("--paired", metavar="LABEL", help="also compare every row with the row LABEL on the same "
                         "images: per column, images only LABEL changes / only the row changes, and the exact "
                         "McNemar p-value (far sharper than two Wilson intervals)")
@@ -200,16 +221,23 @@ def main() -> None:
     defenses = {"none": lambda b: b, "JPEG75": JPEG(75)} if args.baselines else {}
     if args.names and len(args.names) != len(args.checkpoints):
         parser.error(f"--names gives {len(args.names)} labels for {len(args.checkpoints)} checkpoints")
-    labels = list(defenses) + list(args.names or args.checkpoints) + (["mean"] if args.ensemble else [])
+    names = list(args.names or args.checkpoints)
+    if args.ensemble and args.inference != ["plain"]:
+        parser.error("--ensemble averages plain outputs; leave out --inference")
+    rows = [row_label(name, v) for name in names for v in args.inference]
+    labels = list(defenses) + rows + (["mean"] if args.ensemble else [])
     if len(set(labels)) != len(labels):
         parser.error(f"row labels must differ (the baselines are {list(defenses)}): {labels}")
     if args.paired is not None and args.paired not in labels:
         parser.error(f"--paired {args.paired!r} is not a row label; the rows are {labels}")
-    for ckpt, name in zip(args.checkpoints, args.names or args.checkpoints):
-        purifier = load_purifier(ckpt).eval()
-        defenses[name] = lambda b, p=purifier: p(b).clamp(0, 1)
+    for ckpt, name in zip(args.checkpoints, names):
+        table = inference_variants(load_purifier(ckpt).eval())
+        unknown = [v for v in args.inference if v not in table]
+        if unknown:
+            parser.error(f"unknown --inference {unknown}; choose from {list(table)}")
+        defenses.update({row_label(name, v): table[v] for v in args.inference})
     if args.ensemble:
-        defenses["mean"] = ensemble([defenses[name] for name in args.names or args.checkpoints])
+        defenses["mean"] = ensemble([defenses[name] for name in names])
     outcomes = {}
     results, n_conf = probe(defenses, x, adv, victims, outcomes, black_boxes)
     print(f"{len(x)} held-out crops ({n_conf} with {BLACK_BOX} clean top-1 prob >= {CONFIDENT})", file=sys.stderr)

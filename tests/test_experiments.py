@@ -263,6 +263,21 @@ def test_probe_purifier_paired_table_counts_discordant_images_per_column():
     assert f"| flat | 0 / {c} (" in table.replace("changed_", "")
 
 
+def test_probe_purifier_inference_option_labels_rows_and_builds_the_variants():
+    """``--inference``: rows ``NAME`` for plain and ``NAME+VARIANT`` otherwise, each built from
+    probe_inference's variants of the checkpoint (dynamic: the same seeded draw for every purifier,
+    so that --paired compares purifiers on the same noise)."""
+    from experiments.probe_purifier import inference_variants, row_label
+
+    assert row_label("shipped", "plain") == "shipped" and row_label("noise", "dynamic_avg4") == "noise+dynamic_avg4"
+    x = torch.rand(2, 3, 16, 16)
+    table = inference_variants(torch.nn.Identity())
+    torch.testing.assert_close(table["plain"](x), x)
+    noisy = table["dynamic"](x)
+    assert not torch.equal(noisy, x) and (noisy - x).abs().amax() <= 16 / 255 + 1e-6
+    torch.testing.assert_close(inference_variants(torch.nn.Identity())["dynamic"](x), noisy)
+
+
 def test_probe_inference_variants_keep_shape_range_and_their_definitions():
     """The inference-side screen of docs/reproduction.md: with an identity purifier, plain and
     flip2 give the input back, up2 equals the resampling control, dynamic stays within 16/255 and

@@ -132,6 +132,20 @@ def test_weak_fraction_scales_perturbations_inside_the_budget():
         _module(weak_fraction=1.5)
 
 
+def test_input_noise_adds_dynamic_inference_noise_to_every_training_input():
+    x = torch.rand(16, 3, 8, 8) * 0.5 + 0.25
+    torch.manual_seed(0)
+    plain = _module().find_adversaries(x)
+    torch.manual_seed(0)
+    noisy = _module(input_noise=0.05).find_adversaries(x)
+    extra = noisy - plain
+    assert extra.abs().amax() <= 16 / 255 + 1e-6 and noisy.min() >= 0 and noisy.max() <= 1
+    assert 0.03 < extra.std() < 0.05  # sigma 0.05, a little of it clipped to 16/255
+    assert (extra.flatten(1).abs().mean(1) > 0.02).all()  # every image, not a share of the batch
+    with pytest.raises(ValueError, match="input_noise"):
+        _module(input_noise=-0.1)
+
+
 def test_cosine_schedule_needs_a_length():
     with pytest.raises(ValueError, match="schedule_iterations"):
         _module(lr_schedule="cosine")
@@ -203,6 +217,7 @@ def test_nrp_cpu_recipe_composes_with_its_options(tmp_path):
     assert cfg.module.lr_schedule == "cosine" and cfg.module.schedule_iterations == cfg.steps
     full = compose(["experiment=nrp_full"], run_dir=str(tmp_path))
     assert full.module.lr_schedule == "constant" and full.module.weak_fraction == 0.0 and full.init_purifier is None
+    assert full.module.input_noise == 0.0 and cfg.module.input_noise == 0.0
     assert full.loss.kappa == 0.0 and cfg.output_classifier.native_size
     assert not cfg.model.input_skip and not full.model.input_skip
     skip = compose(["experiment=nrp_cpu", "model.input_skip=true"], run_dir=str(tmp_path))

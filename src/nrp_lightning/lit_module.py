@@ -25,6 +25,7 @@ from nrp_lightning.attacks.ssp import SSP
 from nrp_lightning.config import BadConfigError, is_number
 from nrp_lightning.losses import (ALPHA, GAMMA, GAN_LOSSES, LAMBDA, PIXEL_DISTANCES, detail_loss, feature_distance,
                                   feature_loss, output_consistency_loss, pixel_loss)
+from nrp_lightning.purify import dynamic_perturb
 
 
 class DivergenceError(RuntimeError):
@@ -82,6 +83,10 @@ class NRPModule(pl.LightningModule):
         kappa: weight of L_out (not in the paper; 0 = off): ``KL(f(x) || f(P(x')))`` of
             ``output_classifier`` f, frozen, ``(B,3,H,W)`` in [0,1] -> logits ``(B, K)``. L_feat
             holds one layer of F; this holds the prediction a classifier makes from the image.
+        input_noise: sigma of dynamic inference's clipped Gaussian noise (``purify.dynamic_perturb``:
+            [0, 1] units, bounded by 16/255) added to every purifier input x' in training, after
+            ``weak_fraction`` (not in the paper; 0 = off). A purifier used with dynamic inference
+            then sees in training the noisy inputs it is given at inference (0.05 there).
         detail: weight of L_detail (not in the paper; 0 = off): ``losses.detail_loss``, the mean
             |Laplacian RMS of P(x') - that of x| over 8 px patches, against the smoothing that the
             pixel and feature losses favour.
@@ -92,7 +97,8 @@ class NRPModule(pl.LightningModule):
                  lr_purifier: float = 1e-4, lr_critic: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
                  weak_fraction: float = 0.0, lr_schedule: str = "constant", schedule_iterations: int | None = None, channels_last: bool = False, compile: bool = False, fused_adam: bool = True, seed: int = 0,
                  reference_steps: int = 100, divergence_guard: bool = True, max_nonfinite_steps: int = 30,
-                 kappa: float = 0.0, output_classifier: nn.Module | None = None, detail: float = 0.0) -> None:
+                 kappa: float = 0.0, output_classifier: nn.Module | None = None, detail: float = 0.0,
+                 input_noise: float = 0.0) -> None:
         super().__init__()
         if gan_loss not in GAN_LOSSES:
             raise BadConfigError(f"gan_loss must be one of {sorted(GAN_LOSSES)}, got {gan_loss!r}")
@@ -104,6 +110,8 @@ class NRPModule(pl.LightningModule):
             raise BadConfigError(f"pixel_distance must be one of {PIXEL_DISTANCES}, got {pixel_distance!r}")
         if not (is_number(weak_fraction) and 0.0 <= weak_fraction <= 1.0):
             raise BadConfigError(f"weak_fraction must be in [0, 1], got {weak_fraction}")
+        if not (is_number(input_noise) and 0.0 <= input_noise <= 1.0):
+            raise BadConfigError(f"input_noise must be in [0, 1] (a sigma in [0, 1] image units; 0: off), got {input_noise}")
         if not (is_number(max_nonfinite_steps) and max_nonfinite_steps >= 1):
             raise BadConfigError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         if not (is_number(reference_steps) and reference_steps >= 0):
@@ -180,13 +188,16 @@ class NRPModule(pl.LightningModule):
     # ------------------------------------------------------- Algorithm 2 parts
     def find_adversaries(self, x: torch.Tensor) -> torch.Tensor:
         """Line 3: x' from x (SSP in NRP; Gaussian noise or FGSM in the ablations), then, with
-        ``weak_fraction``, some perturbations weakened (still inside the budget and [0, 1])."""
+        ``weak_fraction``, some perturbations weakened (still inside the budget and [0, 1]), then,
+        with ``input_noise``, dynamic inference's noise on every x' (within 16/255 of x', in [0, 1])."""
         x_adv = self.attack(x, self.features)
         if self.hparams.weak_fraction > 0:
             b = x.shape[0]
             weak = torch.rand(b, device=x.device) < self.hparams.weak_fraction
             strength = torch.where(weak, torch.rand(b, device=x.device), torch.ones(b, device=x.device))
             x_adv = x + strength.view(b, 1, 1, 1) * (x_adv - x)
+        if self.hparams.input_noise > 0:
+            x_adv = dynamic_perturb(x_adv, sigma=self.hparams.input_noise, noise=torch.randn_like(x_adv))
         return x_adv
 
     def purifier_loss(self, x: torch.Tensor, purified: torch.Tensor, feat_clean: torch.Tensor,

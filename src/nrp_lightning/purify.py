@@ -168,13 +168,17 @@ def load_purifier(path: str | os.PathLike | None = None, device: str | torch.dev
 
 
 def dynamic_perturb(x: torch.Tensor, generator: torch.Generator | None = None,
-                    sigma: float = DYNAMIC_SIGMA, eps: float = DYNAMIC_EPS) -> torch.Tensor:
+                    sigma: float = DYNAMIC_SIGMA, eps: float = DYNAMIC_EPS,
+                    noise: torch.Tensor | None = None) -> torch.Tensor:
     """Dynamic inference's random input: ``clip(clip(x + sigma*N(0,1), x-eps/255, x+eps/255), 0, 1)``.
 
     ``x``: ``(B, 3, H, W)`` in [0, 1]. The noise is drawn on the CPU from ``generator`` (then moved),
-    so a seed gives the same result on any device. ``sigma`` in [0, 1] units, ``eps`` in /255.
+    so a seed gives the same result on any device; ``noise`` (a standard normal draw of ``x``'s
+    shape, e.g. ``torch.randn_like(x)`` on the device, as training draws it) replaces that draw.
+    ``sigma`` in [0, 1] units, ``eps`` in /255.
     """
-    noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+    if noise is None:
+        noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
     return project_linf(x + sigma * noise, x, eps / 255.0)
 
 
