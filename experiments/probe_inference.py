@@ -9,6 +9,7 @@ along it:
 - ``twice``: P(P(x)), clamped between the passes (does a second pass take the mid band the first leaves?)
 - ``dynamic``: P of x plus one clipped Gaussian draw (sigma 0.05, within 16/255: dynamic inference)
 - ``dynamic_avg4``: the mean of P over four such draws
+- ``dynamic@S``: ``dynamic`` with noise sigma S ([0, 1] units, still clipped to 16/255), for each S of ``--sigmas``
 - ``up1.5`` / ``up2``: x resized up (bicubic) by 1.5 / 2, purified, resized back (antialiased)
 - ``resample2``: that resizing by 2 and back without the purifier (the control for ``up2``)
 - ``gated`` / ``dynamic_gated`` / ``twice_gated``: ``plain`` / ``dynamic`` / ``twice`` only where
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 
 from nrp_lightning.defenses.nrp import load_gate
 from nrp_lightning.gate import GateConfigError
-from nrp_lightning.purify import dynamic_perturb, load_purifier
+from nrp_lightning.purify import DYNAMIC_SIGMA, dynamic_perturb, load_purifier
 
 sys.path.insert(0, str(Path(__file__).parent))
 from probe_purifier import add_screen_options, attack_labels, load_screen, print_table, probe  # noqa: E402
@@ -40,12 +41,13 @@ def _resample(x: torch.Tensor, scale: float, inner=lambda u: u) -> torch.Tensor:
     return F.interpolate(inner(u), size=x.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
 
 
-def variants(purifier, gate=None) -> dict:
+def variants(purifier, gate=None, sigmas=()) -> dict:
     """name -> function of a (B,3,H,W) batch in [0,1], returning the defended batch, same shape
-    (the ``gated`` ones only with a ``gate.PurificationGate``)."""
-    def dynamic(x, draws=1):
+    (the ``gated`` ones only with a ``gate.PurificationGate``; ``dynamic@S`` for each noise sigma
+    S of ``sigmas``, [0, 1] units, still within 16/255: how much noise dynamic inference can use)."""
+    def dynamic(x, draws=1, sigma=DYNAMIC_SIGMA):
         g = torch.Generator().manual_seed(0)
-        return torch.stack([purifier(dynamic_perturb(x, g)) for _ in range(draws)]).mean(0)
+        return torch.stack([purifier(dynamic_perturb(x, g, sigma)) for _ in range(draws)]).mean(0)
 
     table = {
         "plain": purifier,
@@ -56,6 +58,7 @@ def variants(purifier, gate=None) -> dict:
         "up1.5": lambda x: _resample(x, 1.5, purifier),
         "up2": lambda x: _resample(x, 2.0, purifier),
         "resample2": lambda x: _resample(x, 2.0),
+        **{f"dynamic@{sigma:g}": (lambda x, s=sigma: dynamic(x, sigma=s)) for sigma in sigmas},
     }
     if gate is not None:
         table["gated"] = lambda x: gate(x, purifier(x).clamp(0, 1))
@@ -75,6 +78,8 @@ def main() -> None:
     parser.add_argument("purifier", nargs="?", help="any purifier file load_purifier reads (default: the shipped one)")
     parser.add_argument("--variants", nargs="*", default=None, help="which variants (default: all)")
     add_screen_options(parser)
+    parser.add_argument("--sigmas", nargs="+", type=float, default=[], metavar="S",
+                        help="also the variants dynamic@S: dynamic inference with noise sigma S ([0, 1] units)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -83,7 +88,7 @@ def main() -> None:
         gate = load_gate(purifier)
     except GateConfigError as exc:
         gate, why = None, str(exc)
-    table = variants(purifier, gate)
+    table = variants(purifier, gate, args.sigmas)
     unknown = set(args.variants or []) - set(table)
     if unknown & {"gated", "dynamic_gated"} and gate is None:
         parser.error(f"this purifier has no calibrated gate: {why}")

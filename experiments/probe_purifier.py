@@ -172,14 +172,21 @@ def row_label(name: str, variant: str) -> str:
     return name if variant == "plain" else f"{name}+{variant}"
 
 
-def inference_variants(purifier) -> dict:
+def inference_variants(purifier, names: list[str] = ()) -> dict:
     """``probe_inference.variants`` of ``purifier`` without a gate (imported here: that probe
-    builds on this one)."""
+    builds on this one), with ``dynamic@S`` for each such name in ``names``."""
     if str(Path(__file__).parent) not in sys.path:
         sys.path.insert(0, str(Path(__file__).parent))
     from probe_inference import variants
 
-    return variants(purifier)
+    sigmas = []
+    for name in names:
+        if name.startswith("dynamic@"):
+            try:
+                sigmas.append(float(name.removeprefix("dynamic@")))
+            except ValueError:
+                raise ValueError(f"--inference {name}: expected dynamic@SIGMA, e.g. dynamic@0.1") from None
+    return variants(purifier, sigmas=sigmas)
 
 
 def _shorten(label: str, replacements: dict[str, str]) -> str:
@@ -209,7 +216,7 @@ def main() -> None:
                         "outputs (a test-time ensemble of the purifiers)")
     parser.add_argument("--inference", nargs="+", default=["plain"], metavar="VARIANT",
                         help="purify with these inference variants of probe_inference.py (plain, flip2, twice, "
-                             "dynamic, dynamic_avg4, up1.5, up2; default: plain): a row per checkpoint and "
+                             "dynamic, dynamic_avg4, dynamic@SIGMA, up1.5, up2; default: plain): a row per checkpoint and "
                              "variant, labelled NAME+VARIANT but for plain, so that --paired compares "
                              "purifiers under dynamic inference on the same noise draws")
     parser.add_argument("--paired", metavar="LABEL", help="also compare every row with the row LABEL on the same "
@@ -231,7 +238,10 @@ def main() -> None:
     if args.paired is not None and args.paired not in labels:
         parser.error(f"--paired {args.paired!r} is not a row label; the rows are {labels}")
     for ckpt, name in zip(args.checkpoints, names):
-        table = inference_variants(load_purifier(ckpt).eval())
+        try:
+            table = inference_variants(load_purifier(ckpt).eval(), args.inference)
+        except ValueError as exc:
+            parser.error(str(exc))
         unknown = [v for v in args.inference if v not in table]
         if unknown:
             parser.error(f"unknown --inference {unknown}; choose from {list(table)}")

@@ -276,6 +276,10 @@ def test_probe_purifier_inference_option_labels_rows_and_builds_the_variants():
     noisy = table["dynamic"](x)
     assert not torch.equal(noisy, x) and (noisy - x).abs().amax() <= 16 / 255 + 1e-6
     torch.testing.assert_close(inference_variants(torch.nn.Identity())["dynamic"](x), noisy)
+    louder = inference_variants(torch.nn.Identity(), ["plain", "dynamic@0.2"])["dynamic@0.2"](x)
+    assert (louder - x).abs().mean() > (noisy - x).abs().mean() and (louder - x).abs().amax() <= 16 / 255 + 1e-6
+    with pytest.raises(ValueError, match="dynamic@SIGMA"):
+        inference_variants(torch.nn.Identity(), ["dynamic@loud"])
 
 
 def test_probe_inference_variants_keep_shape_range_and_their_definitions():
