@@ -8,8 +8,9 @@ draws the score histograms against τ.
 
     python experiments/probe_gate.py [PURIFIER] --eps 2 4 8 16 --plot docs/img/gate_scores.png
 
-MI-FGSM sets are cached in ``--cache`` beside the screen's (``MI-FGSM-eps{E}-35.pt``; ε 16 is the
-screen's own ``MI-FGSM-35.pt``). The sets crafted through the purifier (``--evade``,
+MI-FGSM sets are cached in ``--cache`` beside the screen's (``MI-FGSM-eps{E}-35-IMAGES.pt``; ε 16 is
+the screen's own ``MI-FGSM-35-IMAGES.pt``; ``IMAGES``: 8 hex of the clean views' sha256, so other
+photos get their own sets). The sets crafted through the purifier (``--evade``,
 ``--through-purifier``) are cached per purifier file, under the first 8 hex digits of its sha256.
 
 ``--evade W`` adds a row for an attacker who knows the gate but not the victim: MI-FGSM at ε 16
@@ -53,7 +54,7 @@ def purifier_tag(path: Path) -> str:
 
 def mifgsm_set(x: torch.Tensor, source, eps: float, cache: Path) -> torch.Tensor:
     """MI-FGSM at ``eps`` from ``source`` on ``x``, cached as 8-bit images."""
-    return cached_images(cache / f"MI-FGSM-eps{eps:g}-{len(x)}.pt",
+    return cached_images(cache, f"MI-FGSM-eps{eps:g}", x,
                          lambda: _batched(lambda b: mifgsm(eps=eps)(b, source(b).argmax(1), source), x))
 
 
@@ -105,12 +106,12 @@ def main() -> None:
     tag = purifier_tag(purifier.path)
     if args.evade is not None:
         sets[f"gate-evading MI-FGSM ε 16 (W {args.evade:g})"] = cached_images(
-            args.cache / f"MI-FGSM-evade{args.evade:g}-{tag}-{len(x)}.pt",
+            args.cache, f"MI-FGSM-evade{args.evade:g}-{tag}", x,
             lambda: _batched(lambda b: gate_evading_mifgsm(b, source, purifier, gate, weight=args.evade), x))
     if args.through_purifier:
         behind = Defended(source, NRPDefense(purifier))
         sets["MI-FGSM ε 16 through the purifier"] = cached_images(
-            args.cache / f"MI-FGSM-through-{tag}-{len(x)}.pt",
+            args.cache, f"MI-FGSM-through-{tag}", x,
             lambda: _batched(lambda b: mifgsm(eps=16)(b, source(b).argmax(1), behind), x))
 
     clean_top1 = predict(victim, x)[0]

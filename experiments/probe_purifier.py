@@ -16,6 +16,7 @@ Held-out photos: ``data/photos/heldout`` (``experiments/build_photo_corpus.py``)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 from nrp_lightning.attacks.ssp import SSP
 from nrp_lightning.attacks.transfer import dim, mifgsm
 from nrp_lightning.defenses import JPEG
-from nrp_lightning.eval_data import CROPS, center_square
+from nrp_lightning.eval_data import CROPS, center_square, to_uint8
 from nrp_lightning.evaluation.metrics import psnr_per_image
 from nrp_lightning.images import list_images, load_image
 from nrp_lightning.losses import detail_ratio
@@ -51,9 +52,17 @@ def predict(model, x: torch.Tensor, batch: int = 16) -> tuple[torch.Tensor, torc
     return top.indices, top.values
 
 
-def cached_images(path: Path, make) -> torch.Tensor:
-    """Images ``(N,3,H,W)`` in [0, 1] from ``path``, made first (``make()``, after ``torch.manual_seed(0)``)
-    and stored as 8-bit values when the file is missing."""
+def images_tag(x: torch.Tensor) -> str:
+    """First 8 hex digits of the sha256 of ``x``'s 8-bit values (``(N,3,H,W)`` in [0, 1])."""
+    return hashlib.sha256(to_uint8(x).numpy().tobytes()).hexdigest()[:8]
+
+
+def cached_images(cache: Path, stem: str, x: torch.Tensor, make) -> torch.Tensor:
+    """Images ``(N,3,H,W)`` in [0, 1] made from the clean images ``x`` by ``make()`` (after
+    ``torch.manual_seed(0)``), stored as 8-bit values in ``cache/STEM-N-TAG.pt`` when missing.
+    ``TAG`` (``images_tag(x)``) keys the file by the images themselves, so a screen of other photos,
+    of the same count or in the same folder, crafts its own sets instead of reading ours."""
+    path = cache / f"{stem}-{len(x)}-{images_tag(x)}.pt"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
@@ -68,7 +77,7 @@ def adversarial_sets(x: torch.Tensor, source, cache: Path, attacks: tuple[str, .
                      tag: str = "") -> dict[str, torch.Tensor]:
     """The adversarial copies ``(N,3,H,W)`` of ``x`` by attack name, crafted at eps 16 (MI-FGSM and
     DIM on the classifier ``source`` against its clean top-1, SSP on MobileNetV2's stride-8
-    features), cached in ``cache`` as ``NAME[-tag]-N.pt`` (``tag`` names a source other than
+    features), cached in ``cache`` as ``NAME[-tag]-N-IMAGES.pt`` (``cached_images``; ``tag`` names a source other than
     MobileNetV2, so that the sets of two sources never share a file)."""
     makers = {"MI-FGSM": lambda: _batched(lambda b: mifgsm(eps=16)(b, source(b).argmax(1), source), x),
               "DIM": lambda: _batched(lambda b: dim(eps=16)(b, source(b).argmax(1), source), x),
@@ -77,7 +86,7 @@ def adversarial_sets(x: torch.Tensor, source, cache: Path, attacks: tuple[str, .
     if unknown:
         raise ValueError(f"unknown screen attack(s) {unknown}; choose from {sorted(makers)}")
     suffix = f"-{tag}" if tag else ""
-    return {name: cached_images(cache / f"{name}{suffix}-{len(x)}.pt", makers[name]) for name in attacks}
+    return {name: cached_images(cache, f"{name}{suffix}", x, makers[name]) for name in attacks}
 
 
 def _batched(fn, x: torch.Tensor, batch: int = 16) -> torch.Tensor:

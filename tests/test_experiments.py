@@ -424,8 +424,16 @@ def test_probe_purifier_source_option_keeps_its_sets_apart_and_refuses_what_it_c
     x = smooth_images(4, size=32)
     default = adversarial_sets(x, tiny_classifier(0), tmp_path, ("MI-FGSM",))
     other = adversarial_sets(x, tiny_classifier(1), tmp_path, ("MI-FGSM",), tag="efficientnet_lite0")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["MI-FGSM-4.pt", "MI-FGSM-efficientnet_lite0-4.pt"]
+    from experiments.probe_purifier import images_tag
+
+    tag = images_tag(x)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"MI-FGSM-4-{tag}.pt", f"MI-FGSM-efficientnet_lite0-4-{tag}.pt"]
     assert not torch.equal(default["MI-FGSM"], other["MI-FGSM"])
+    # other photos of the same count get their own sets, never the cached ones of these
+    y = smooth_images(4, size=32).flip(-1)
+    fresh = adversarial_sets(y, tiny_classifier(0), tmp_path, ("MI-FGSM",))
+    assert (tmp_path / f"MI-FGSM-4-{images_tag(y)}.pt").is_file() and images_tag(y) != tag
+    assert (fresh["MI-FGSM"] - y).abs().amax() <= 16 / 255 + 1 / 255
     parser = argparse.ArgumentParser()
     add_screen_options(parser)
     for argv, message in ((["--source", "efficientnet_lite1", "--black-boxes", "efficientnet_lite1"], "also a black box"),
