@@ -32,7 +32,7 @@ from nrp_lightning.purify import load_purifier
 from nrp_lightning.weights import sha256_of
 
 sys.path.insert(0, str(Path(__file__).parent))
-from probe_purifier import _batched, heldout_images  # noqa: E402
+from probe_purifier import _batched, views_or_exit  # noqa: E402
 
 
 def gate_scores(gate: PurificationGate, purifier, x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +65,7 @@ def main() -> None:
 
     purifier = load_purifier(args.purifier)
     gate = PurificationGate(getattr(features, args.backbone)(layer=args.layer), threshold=1.0)
-    x = heldout_images(args.photos, args.size)
+    x = views_or_exit(parser, args.photos, args.size)
     if not len(x):
         parser.error(f"no images under {args.photos}: build the corpus first (experiments/build_photo_corpus.py)")
     source = load_classifier(args.source).eval()

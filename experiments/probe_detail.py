@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_purifier import VICTIMS, _batched, heldout_images, predict  # noqa: E402
+from probe_purifier import VICTIMS, _batched, predict, views_or_exit  # noqa: E402
 
 from nrp_lightning.defenses import JPEG  # noqa: E402
 from nrp_lightning.losses import detail_ratio  # noqa: E402
@@ -52,7 +52,7 @@ def main(argv=None) -> None:
     parser.add_argument("--photos", type=Path, default=Path("data/photos/heldout"))
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    x = heldout_images(args.photos)
+    x = views_or_exit(parser, args.photos)
     purifier = load_purifier(args.purifier).eval()
     with torch.no_grad():
         outputs = {"NRP": _batched(lambda b: purifier(b).clamp(0, 1), x),

@@ -42,8 +42,8 @@ from nrp_lightning.purify import load_purifier
 from nrp_lightning.weights import sha256_of
 
 sys.path.insert(0, str(Path(__file__).parent))
-from probe_purifier import (BLACK_BOX, _batched, adversarial_sets, cached_images, heldout_images,  # noqa: E402
-                            predict)
+from probe_purifier import (BLACK_BOX, _batched, adversarial_sets, cached_images, predict,  # noqa: E402
+                            views_or_exit)
 
 
 def purifier_tag(path: Path) -> str:
@@ -96,7 +96,7 @@ def main() -> None:
 
     purifier = load_purifier(args.purifier)
     gate = load_gate(purifier)
-    x = heldout_images(args.photos)
+    x = views_or_exit(parser, args.photos)
     source, victim = load_classifier("mobilenet_v2").eval(), load_classifier(BLACK_BOX).eval()
     screen = adversarial_sets(x, source, args.cache)
     sets = {"clean": x}

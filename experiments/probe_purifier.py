@@ -28,7 +28,7 @@ from nrp_lightning.attacks.transfer import dim, mifgsm
 from nrp_lightning.defenses import JPEG
 from nrp_lightning.eval_data import CROPS, center_square, to_uint8
 from nrp_lightning.evaluation.metrics import psnr_per_image
-from nrp_lightning.images import list_images, load_image
+from nrp_lightning.images import IMAGE_EXTENSIONS, list_images, load_image
 from nrp_lightning.losses import detail_ratio
 from nrp_lightning.models.classifiers import load_classifier
 from nrp_lightning.models.features import mobilenet_v2
@@ -41,11 +41,24 @@ CONFIDENT = 0.3
 
 
 def heldout_images(root: Path, size: int = 224) -> torch.Tensor:
-    crops = [center_square(load_image(p), size, s, o) for p in list_images(root) for s, o in CROPS]
-    return torch.stack(crops)
+    """The screen's views ``(5·files, 3, size, size)`` of the photos under ``root`` (centre square and
+    four 70% corners each); a folder without images, or with an unreadable one, is a ``ValueError``
+    that names it (``FileNotFoundError`` for a missing folder)."""
+    paths = list_images(root)
+    if not paths:
+        raise ValueError(f"no images under {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return torch.stack([center_square(load_image(p), size, s, o) for p in paths for s, o in CROPS])
 
 
 @torch.no_grad()
+def views_or_exit(parser: argparse.ArgumentParser, root: Path, size: int = 224) -> torch.Tensor:
+    """``heldout_images(root, size)``, or the CLI's one-line usage error naming the folder or file."""
+    try:
+        return heldout_images(root, size)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+
+
 def predict(model, x: torch.Tensor, batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     probs = torch.cat([model(x[i:i + batch]).softmax(1) for i in range(0, len(x), batch)])
     top = probs.max(1)
@@ -166,7 +179,7 @@ def load_screen(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error(f"--source {args.source} is also a black box: a transfer attack's victim must be another network")
     try:
         x, victims, adv = screen_inputs(args.photos, args.cache, tuple(args.attacks), args.source)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
     return x, victims, adv, black_boxes
 

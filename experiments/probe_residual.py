@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_purifier import BLACK_BOX, _batched, adversarial_sets, heldout_images, predict  # noqa: E402
+from probe_purifier import BLACK_BOX, _batched, adversarial_sets, predict, views_or_exit  # noqa: E402
 
 from nrp_lightning.attacks.ssp import SSP  # noqa: E402
 from nrp_lightning.evaluation.tables import md_table  # noqa: E402
@@ -99,7 +99,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    x = heldout_images(args.photos)
+    x = views_or_exit(parser, args.photos)
     source, victim = load_classifier("mobilenet_v2").eval(), load_classifier(BLACK_BOX).eval()
     adv = adversarial_sets(x, source, args.cache, ATTACKS)
     purifier = load_purifier(args.purifier).eval()

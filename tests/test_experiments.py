@@ -444,6 +444,37 @@ def test_probe_purifier_source_option_keeps_its_sets_apart_and_refuses_what_it_c
         assert message in capsys.readouterr().err
 
 
+def test_the_screens_refuse_a_folder_without_readable_images_in_one_line(tmp_path, capsys):
+    """``--photos`` of every screen (probe_purifier, probe_gate, calibrate_gate, ...): a missing
+    folder, one without images and one with an unreadable file each end in a usage error that
+    names it, not a traceback; readable odd formats (grayscale, RGBA, 16-bit) give 5 views each."""
+    import argparse
+
+    import numpy as np
+    from PIL import Image
+
+    from experiments.probe_purifier import views_or_exit
+
+    parser = argparse.ArgumentParser(prog="screen")
+    (tmp_path / "empty").mkdir()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "photo.jpg").write_bytes(b"not a jpeg")
+    for root, message in ((tmp_path / "missing", "does not exist"), (tmp_path / "empty", "no images under"),
+                          (broken, "photo.jpg")):
+        with pytest.raises(SystemExit):
+            views_or_exit(parser, root)
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    Image.new("L", (300, 200), 90).save(odd / "gray.png")
+    Image.new("RGBA", (64, 80), (10, 200, 30, 100)).save(odd / "rgba.png")
+    Image.fromarray(np.full((50, 70), 40000, dtype=np.uint16)).save(odd / "deep.png")
+    views = views_or_exit(parser, odd, size=32)
+    assert views.shape == (15, 3, 32, 32) and 0 <= float(views.min()) and float(views.max()) <= 1
+
+
 def _training_run(tmp_path, gate: dict | None):
     """A finished run folder as train.py leaves it (purifier.pth, .hydra/), and a corpus manifest."""
     from nrp_lightning.models.purifier import RRDBPurifier
