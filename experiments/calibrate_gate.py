@@ -66,8 +66,6 @@ def main() -> None:
     purifier = load_purifier(args.purifier)
     gate = PurificationGate(getattr(features, args.backbone)(layer=args.layer), threshold=1.0)
     x = views_or_exit(parser, args.photos, args.size)
-    if not len(x):
-        parser.error(f"no images under {args.photos}: build the corpus first (experiments/build_photo_corpus.py)")
     source = load_classifier(args.source).eval()
     attacked = _batched(lambda b: mifgsm(eps=args.eps)(b, source(b).argmax(1), source), x)
     clean_scores, attacked_scores = gate_scores(gate, purifier, x), gate_scores(gate, purifier, attacked)

@@ -46,11 +46,11 @@ def heldout_images(root: Path, size: int = 224) -> torch.Tensor:
     that names it (``FileNotFoundError`` for a missing folder)."""
     paths = list_images(root)
     if not paths:
-        raise ValueError(f"no images under {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise ValueError(f"no images under {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}; the corpus's "
+                         "held-out photos: python experiments/build_photo_corpus.py --out data/photos)")
     return torch.stack([center_square(load_image(p), size, s, o) for p in paths for s, o in CROPS])
 
 
-@torch.no_grad()
 def views_or_exit(parser: argparse.ArgumentParser, root: Path, size: int = 224) -> torch.Tensor:
     """``heldout_images(root, size)``, or the CLI's one-line usage error naming the folder or file."""
     try:
@@ -59,6 +59,7 @@ def views_or_exit(parser: argparse.ArgumentParser, root: Path, size: int = 224) 
         parser.error(str(exc))
 
 
+@torch.no_grad()
 def predict(model, x: torch.Tensor, batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     probs = torch.cat([model(x[i:i + batch]).softmax(1) for i in range(0, len(x), batch)])
     top = probs.max(1)
@@ -245,6 +246,12 @@ def main() -> None:
                         "images: per column, images only LABEL changes / only the row changes, and the exact "
                         "McNemar p-value (far sharper than two Wilson intervals)")
     args = parser.parse_args()
+    try:
+        known = inference_variants(torch.nn.Identity(), args.inference)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if [v for v in args.inference if v not in known]:
+        parser.error(f"unknown --inference {[v for v in args.inference if v not in known]}; choose from {list(known)}")
     torch.set_num_threads(2)
     x, victims, adv, black_boxes = load_screen(parser, args)
     defenses = {"none": lambda b: b, "JPEG75": JPEG(75)} if args.baselines else {}
@@ -260,13 +267,7 @@ def main() -> None:
     if args.paired is not None and args.paired not in labels:
         parser.error(f"--paired {args.paired!r} is not a row label; the rows are {labels}")
     for ckpt, name in zip(args.checkpoints, names):
-        try:
-            table = inference_variants(load_purifier(ckpt).eval(), args.inference)
-        except ValueError as exc:
-            parser.error(str(exc))
-        unknown = [v for v in args.inference if v not in table]
-        if unknown:
-            parser.error(f"unknown --inference {unknown}; choose from {list(table)}")
+        table = inference_variants(load_purifier(ckpt).eval(), args.inference)
         defenses.update({row_label(name, v): table[v] for v in args.inference})
     if args.ensemble:
         defenses["mean"] = ensemble([defenses[name] for name in names])
