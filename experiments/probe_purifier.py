@@ -250,8 +250,9 @@ def main() -> None:
         known = inference_variants(torch.nn.Identity(), args.inference)
     except ValueError as exc:
         parser.error(str(exc))
-    if [v for v in args.inference if v not in known]:
-        parser.error(f"unknown --inference {[v for v in args.inference if v not in known]}; choose from {list(known)}")
+    unknown = [v for v in args.inference if v not in known]
+    if unknown:
+        parser.error(f"unknown --inference {unknown}; choose from {list(known)}")
     torch.set_num_threads(2)
     x, victims, adv, black_boxes = load_screen(parser, args)
     defenses = {"none": lambda b: b, "JPEG75": JPEG(75)} if args.baselines else {}
