@@ -199,3 +199,15 @@ def test_purified_model_dynamic_is_seeded_and_random_per_call():
 def test_purified_model_rejects_half_normalization():
     with pytest.raises(ValueError, match="both mean and std"):
         PurifiedModel(RRDBPurifier(8, 1, 4), nn.Identity(), mean=IMAGENET_MEAN)
+
+
+def test_purified_model_refuses_to_normalize_for_a_classifier_that_normalizes_itself():
+    from nrp_lightning.models.classifiers import Ensemble, load_classifier
+    from nrp_lightning.models.features import IMAGENET_MEAN, IMAGENET_STD
+    from nrp_lightning.purify import PurifiedModel, load_purifier
+
+    purifier, classifier = load_purifier(), load_classifier("mobilenet_v2", pretrained=False)
+    for model in (classifier, Ensemble([classifier])):
+        with pytest.raises(ValueError, match="normalizes its own input.*drop mean/std"):
+            PurifiedModel(purifier, model, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    PurifiedModel(purifier, classifier)  # the right call

@@ -216,7 +216,9 @@ class PurifiedModel(nn.Module):
             (``(0, 1)`` for torchvision, ``(0, 255)`` for models fed raw pixels).
         mean, std: per-channel normalization (in [0, 1] units) the model expects; applied after
             purification. With ``input_normalized=True`` the wrapper's input is already normalized with
-            them (it is un-normalized, purified, and normalized again).
+            them (it is un-normalized, purified, and normalized again). Leave them out for a model that
+            normalizes its own input (``normalizes_input``, as every ``load_classifier`` model does):
+            giving them there is refused, since the model would see its input normalized twice.
         dynamic: dynamic inference (fresh noise every call), reproducible with ``seed``.
         max_memory: tiling budget in bytes (``None``: the default budget of the device).
         gate: a ``gate.PurificationGate`` (e.g. ``defenses.nrp.load_gate(purifier)``): purify only the
@@ -235,6 +237,10 @@ class PurifiedModel(nn.Module):
             raise ValueError("give both mean and std, or neither")
         if input_normalized and mean is None:
             raise ValueError("input_normalized=True needs the mean and std the input was normalized with")
+        if mean is not None and getattr(model, "normalizes_input", False):
+            raise ValueError(f"{getattr(model, 'name', type(model).__name__)} normalizes its own input (it takes "
+                             "[0, 1] RGB); drop mean/std, or it sees its input normalized twice: "
+                             "PurifiedModel(purifier, model)")
         low, high = map(float, input_range)
         if not high > low:
             raise ValueError(f"input_range must be (low, high) with high > low, got {input_range}")

@@ -59,7 +59,12 @@ def imagenet_labels() -> list[str]:
 class Classifier(nn.Module):
     """``(B,3,H,W)`` in [0,1] -> logits ``(B, num_classes)``: resize to ``input_size`` (bilinear,
     antialiased when shrinking; ``None``: no resize, the input's own size), normalize with
-    ``mean``/``std``, run ``body``. Frozen, eval mode."""
+    ``mean``/``std``, run ``body``. Frozen, eval mode.
+
+    ``normalizes_input`` says so to wrappers: ``purify.PurifiedModel`` refuses a second normalization
+    in front of it."""
+
+    normalizes_input = True
 
     def __init__(self, body: nn.Module, name: str, input_size: int | None, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
         super().__init__()
@@ -89,6 +94,7 @@ class Ensemble(nn.Module):
             raise ValueError("Ensemble needs at least one model")
         self.models = nn.ModuleList(models)
         self.name = name or "+".join(getattr(m, "name", type(m).__name__) for m in models)
+        self.normalizes_input = all(getattr(m, "normalizes_input", False) for m in models)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.models]).mean(0)
