@@ -203,8 +203,6 @@ def test_purified_model_rejects_half_normalization():
 
 def test_purified_model_refuses_to_normalize_for_a_classifier_that_normalizes_itself():
     from nrp_lightning.models.classifiers import Ensemble, load_classifier
-    from nrp_lightning.models.features import IMAGENET_MEAN, IMAGENET_STD
-    from nrp_lightning.purify import PurifiedModel, load_purifier
 
     purifier, classifier = load_purifier(), load_classifier("mobilenet_v2", pretrained=False)
     for model in (classifier, Ensemble([classifier])):
