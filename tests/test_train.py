@@ -39,7 +39,8 @@ def test_nrp_full_is_the_paper_setup(tmp_path):
     assert cfg.attack.eps == 16 and cfg.trainer.devices == 4
 
 
-def test_training_step_updates_purifier_and_critic_but_never_the_features(tmp_path):
+def test_training_step_updates_purifier_and_critic_but_never_the_features(tmp_path, capsys, caplog):
+    caplog.set_level("INFO", logger="nrp_lightning.callbacks")
     cfg = compose(TINY + ["steps=2", "val_every=1", "checkpoint_every=1", "trainer.log_every_n_steps=1"],
                   run_dir=str(tmp_path))
     module = build_module(cfg)
@@ -59,6 +60,11 @@ def test_training_step_updates_purifier_and_critic_but_never_the_features(tmp_pa
                  "train/feat_dist_adv", "val/feat_dist_purified", "val/attack_share", "val/val_attack_share"):
         assert name in metrics
     assert list((tmp_path / "samples").glob("step_*.png")) and (tmp_path / "report_grid.png").is_file()
+    progress = capsys.readouterr().out.replace("\r", "\n")
+    assert re.search(r"iterations: 100%\S* 2/2 ", progress), progress[-500:]  # iterations of Algorithm 2, not batches
+    assert "validation: attack and purify 2 crops" in progress
+    exports = [r for r in caplog.records if r.getMessage().startswith("exported purifier state dict")]
+    assert len(exports) == 2  # after iterations 1 and 2; the end of training does not write the same state again
 
 
 def test_a_second_fresh_run_in_the_same_folder_is_refused(tmp_path):
@@ -101,6 +107,32 @@ def test_a_bad_config_value_on_the_command_line_is_one_line_not_a_traceback(tmp_
     assert proc.stderr.strip().splitlines()[-1:] == [
         "bad config: steps must be a whole number >= 1 (iterations of Algorithm 2), got 0"]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([], "missing: trainer.devices=4 asks for 4 CUDA device(s) and this machine has 0: add trainer=cpu "
+         "trainer.devices=1 to run on the CPU"),
+    (["trainer=cpu", "trainer.devices=1"], "missing: image folder data/coco/train2017 does not exist: point "
+     "data.source.root at a folder of images (data=coco reads it from $COCO_DIR: COCO_DIR=/path/to/coco/train2017"),
+])
+def test_nrp_full_without_gpus_or_coco_says_what_is_missing_in_one_line_and_leaves_no_folder(overrides, message, tmp_path):
+    if overrides == [] and torch.cuda.device_count() >= 4:
+        pytest.skip("this machine has the four GPUs nrp_full asks for")
+    env = {k: v for k, v in _env(tmp_path / "outputs").items() if k != "COCO_DIR"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "experiment=nrp_full", *overrides], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(message)
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").iterdir())
+
+
+def test_a_source_too_small_for_val_images_holds_out_a_quarter_and_says_so(caplog):
+    from nrp_lightning.data import EmbeddedImages, NRPDataModule
+
+    dm = NRPDataModule(EmbeddedImages(["astronaut", "chelsea", "coffee", "rocket"]), crop_size=32, val_images=16)
+    assert len(dm.train_set.source) == 3 and len(dm.val_set.source) == 1
+    assert "data.val_images=16 would leave no training image of the 4" in caplog.text
 
 
 def _train_cmd(out_root: Path, run_name: str, *extra: str, samples_per_epoch: int = 6) -> list[str]:

