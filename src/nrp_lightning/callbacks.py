@@ -1,5 +1,5 @@
-"""Callbacks: purified sample grids for the logger, the exported purifier state dict, and a
-checkpoint on SIGTERM / SIGUSR1 (``CheckpointOnSignal``)."""
+"""Callbacks: a progress bar in iterations of Algorithm 2, purified sample grids for the logger,
+the exported purifier state dict, and a checkpoint on SIGTERM / SIGUSR1 (``CheckpointOnSignal``)."""
 from __future__ import annotations
 
 import logging
@@ -9,12 +9,49 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.callbacks.progress.tqdm_progress import _update_n
 from pytorch_lightning.utilities import rank_zero_only
 from torchvision.utils import make_grid
 
 from nrp_lightning.images import atomic_write, save_png
 
 log = logging.getLogger(__name__)
+
+
+class IterationProgressBar(TQDMProgressBar):
+    """One bar over the whole run, counting iterations of Algorithm 2 (``steps``), where Lightning's
+    own counts the batches of each epoch (an artefact of how many crops a source gives) and restarts
+    every epoch. A resumed run starts the bar at its iteration. Validation shows its own bar, named
+    for what it does (attack and purify the fixed crops)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        bar = self.train_progress_bar
+        bar.total = trainer.max_steps // 2 if trainer.max_steps > 0 else None
+        bar.initial = bar.n = trainer.global_step // 2
+        bar.set_description("iterations")
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        pass  # one bar for the run: nothing restarts at an epoch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n = trainer.global_step // 2
+        if self._should_update(n, self.train_progress_bar.total):
+            _update_n(self.train_progress_bar, n)
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    @property
+    def validation_description(self) -> str:
+        return "validation"
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        super().on_validation_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
+        self.val_progress_bar.set_description(f"validation: attack and purify {len(batch)} crops")
 
 
 def sample_grid(clean: torch.Tensor, adversarial: torch.Tensor, purified: torch.Tensor, max_images: int = 8) -> torch.Tensor:
@@ -57,18 +94,22 @@ class ExportPurifier(pl.Callback):
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
+        self.exported_at: int | None = None  # the global step of the last export
 
     @rank_zero_only
-    def export(self, pl_module) -> None:
+    def export(self, trainer, pl_module) -> None:
+        if self.exported_at == trainer.global_step:  # the last iteration's checkpoint already wrote it
+            return
         state = {k: v.detach().cpu().clone() for k, v in pl_module.purifier.state_dict().items()}
         save_state_dict(state, self.path)
+        self.exported_at = trainer.global_step
         log.info("exported purifier state dict to %s", self.path)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        self.export(pl_module)
+        self.export(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.export(pl_module)
+        self.export(trainer, pl_module)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 if isinstance(logger, pl.loggers.WandbLogger):
