@@ -324,3 +324,23 @@ def test_random_targets_avoid_labels_and_clean_predictions_and_repeat_with_the_s
     assert torch.equal(draw_targets(919, avoid, 0), torch.full((600,), 919))
     with pytest.raises(ValueError, match="targets must be 'random' or an ImageNet class"):
         _grid().__class__(**{**_grid().__dict__, "targets": 1000})
+
+
+@pytest.mark.parametrize("which", ["MI-FGSM", "BPDA through R&P", "BPDA through Bits"])
+def test_a_cells_step_bar_counts_the_attacks_forward_passes(which):
+    """The second progress bar of a slow cell: its total is the attacked model's forward passes."""
+    from nrp_lightning.evaluation.grid import craft, forward_passes
+
+    grid = _grid()
+    model = grid.victims["vic"]
+    if which == "MI-FGSM":
+        attack, kwargs = grid.attacks["MI-FGSM"], {}
+    else:
+        attack, kwargs = grid.adaptive["BPDA"], {"defense": grid.defenses["R&P" if "R&P" in which else "Bits"]}
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    x = (grid.data.images * 255).round().to(torch.uint8)
+    craft(attack, model, x, torch.zeros(len(x), dtype=torch.long), 4, torch.device("cpu"), 0, progress="cell", **kwargs)
+    hook.remove()
+    assert len(calls) == forward_passes(attack, **kwargs) * 2  # 6 images in batches of 4
+    assert forward_passes(attack, **kwargs) == {"MI-FGSM": 3, "BPDA through R&P": 4, "BPDA through Bits": 2}[which]

@@ -1,8 +1,8 @@
 """``nrp-eval`` (and ``python eval.py``): compose ``conf/evaluation/eval.yaml``, build the grid, run
 it, write the reports.
 
-``nrp-eval experiment=offline`` runs the offline CPU grid on the shipped models; the other presets
-(``experiment=table1|table3|table5|fig4|fig5``) need a GPU and internet. The config tree
+``nrp-eval experiment=offline`` runs the offline CPU grid on the shipped models, the shipped purifier
+among the defences; ``nrp-eval --help`` lists every preset with what it needs and costs. The config tree
 ``conf/evaluation/`` mirrors this package: its groups ``data``, ``sources``, ``victims``,
 ``attacks``, ``defenses``, ``adaptive`` and ``experiment`` are chosen as ``group=option``
 (``defenses=with_nrp``), apart from the training presets in ``conf/``.
@@ -34,10 +34,25 @@ log = logging.getLogger(__name__)
 
 GROUPS = ("sources", "victims", "attacks", "defenses", "adaptive")  # groups of named entries, table label -> object
 
-USAGE = ("Usage: nrp-eval experiment={offline,table1,table3,table5,fig4,fig5} [key=value ...]  "
-         "(Hydra; `nrp-eval --cfg job` prints the composed config)\n"
-         "       nrp-eval tasks tasks={table4,table2_detection,table2_segmentation} [key=value ...]  "
-         "(detection / segmentation, Tables 2 and 4; `nrp-eval tasks --help`)")
+def presets() -> dict[str, str]:
+    """Each ``experiment=`` preset of the evaluation tree and its ``# help:`` line (what it runs, what it
+    needs, what it costs)."""
+    out = {}
+    for path in sorted((Path(conf_dir("eval")) / "experiment").glob("*.yaml")):
+        lines = [line[len("# help:"):].strip() for line in path.read_text().splitlines() if line.startswith("# help:")]
+        out[path.stem] = lines[0] if lines else ""
+    return out
+
+
+def usage() -> str:
+    names = presets()
+    width = max(map(len, names))
+    return ("Usage: nrp-eval experiment=PRESET [key=value ...]  (Hydra; `nrp-eval experiment=PRESET --cfg job` prints the "
+            "composed config)\n"
+            "       nrp-eval tasks tasks={table4,table2_detection,table2_segmentation} [key=value ...]  (detection / "
+            "segmentation, Tables 2 and 4; `nrp-eval tasks --help`)\n\nPresets (times: the 2-core CPU we develop on, "
+            "idle; a second run reads the cached adversarial sets):\n"
+            + "\n".join(f"  {name:<{width}}  {text}" for name, text in names.items()))
 
 
 def defenses_from_config(node: DictConfig | None) -> dict[str, Defense]:
@@ -117,7 +132,7 @@ def main() -> None:
         return cross_task_main()
     if any(a in ("-h", "--help") for a in sys.argv[1:]):
         print(__doc__)
-        print(USAGE)
+        print(usage())
         return
     hint = old_spelling(sys.argv[1:])
     if hint:

@@ -16,6 +16,7 @@ or near-constant crops flip under any change; DESIGN.md section 4).
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 
 from nrp_lightning.attacks.adaptive import AdaptiveAttack
 from nrp_lightning.attacks.ssp import SSP
-from nrp_lightning.attacks.transfer import IMAGENET_CLASSES, untargeted_labels
+from nrp_lightning.attacks.transfer import IMAGENET_CLASSES, GradientAttack, untargeted_labels
 from nrp_lightning.defenses.base import Defense, NoDefense
 from nrp_lightning.eval_data import EvalSet, from_uint8, to_uint8
 from nrp_lightning.evaluation.metrics import percent, psnr_per_image, score
@@ -189,15 +190,45 @@ def defend(defense: Defense, x_uint8: torch.Tensor, batch_size: int, device: tor
                       for i in range(0, len(x_uint8), batch_size)])
 
 
+def forward_passes(attack: Any, **kwargs) -> int | None:
+    """Forward passes of the attacked model that ``attack`` makes on one batch (its gradient steps,
+    times the EOT draws where they apply), for a progress bar; ``None`` when unknown."""
+    if isinstance(attack, AdaptiveAttack):
+        return attack.attack.steps * (attack.eot_samples if kwargs.get("defense") is not None
+                                      and kwargs["defense"].randomized else 1)
+    if isinstance(attack, GradientAttack):
+        return attack.steps * attack.eot_samples
+    if isinstance(attack, SelfSupervised):
+        return attack.attack.steps + 1  # and the clean features once
+    return None
+
+
 def craft(attack: Callable, model: nn.Module | None, x_uint8: torch.Tensor, labels: torch.Tensor,
-          batch_size: int, device: torch.device, seed: int, **kwargs) -> torch.Tensor:
-    """Run ``attack(x, y, model, **kwargs)`` over the set in batches; uint8 ``(N,3,S,S)`` out."""
+          batch_size: int, device: torch.device, seed: int, progress: str | None = None, **kwargs) -> torch.Tensor:
+    """Run ``attack(x, y, model, **kwargs)`` over the set in batches; uint8 ``(N,3,S,S)`` out.
+
+    ``progress``: the label of a second bar that counts the attack's gradient steps over the set (a
+    cell of a slow attack, e.g. BPDA through a purifier, takes minutes); ``None``: no bar."""
     torch.manual_seed(seed)
+    counted = model if model is not None else getattr(attack, "features", None)
+    per_batch = forward_passes(attack, **kwargs)
+    total = per_batch * math.ceil(len(x_uint8) / batch_size) if per_batch else None
+    steps = tqdm(total=total, desc=progress, unit="step", leave=False, position=1, file=sys.stderr,
+                 dynamic_ncols=True, disable=progress is None or counted is None)
+    def count(*_) -> None:  # a forward hook's return value would replace the output: return nothing
+        steps.update(1)
+
+    hook = counted.register_forward_hook(count) if counted is not None and progress else None
     out = []
-    for i in range(0, len(x_uint8), batch_size):
-        x = from_uint8(x_uint8[i:i + batch_size]).to(device)
-        y = labels[i:i + batch_size].to(device)
-        out.append(to_uint8(attack(x, y, model, **kwargs).cpu()))
+    try:
+        for i in range(0, len(x_uint8), batch_size):
+            x = from_uint8(x_uint8[i:i + batch_size]).to(device)
+            y = labels[i:i + batch_size].to(device)
+            out.append(to_uint8(attack(x, y, model, **kwargs).cpu()))
+    finally:
+        if hook is not None:
+            hook.remove()
+        steps.close()
     return torch.cat(out)
 
 
@@ -289,7 +320,8 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLik
                 labels = untargeted_labels(model.to(device), from_uint8(x_clean).to(device), data.labels.to(device)).cpu()
             else:
                 labels = data.labels
-            x_adv = craft(attack, model, x_clean, labels, grid.batch_size, device, grid.seed)
+            x_adv = craft(attack, model, x_clean, labels, grid.batch_size, device, grid.seed,
+                          progress=f"{a_name} on {s_name}" if progress else None)
             cache.put(key, x_adv)
         bar.update(1)
         meta = {"kind": "transfer" if in_tables else "sweep", "source": s_name, "attack": a_name, "eps": float(attack.eps)}
@@ -307,7 +339,7 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLik
         x_adv = cache.get(key)
         if x_adv is None:
             x_adv = craft(adaptive, grid.victims[victim], x_clean, reference[victim], grid.batch_size, device,
-                          grid.seed, defense=defense)
+                          grid.seed, progress=f"{a_name} through {d_name}" if progress else None, defense=defense)
             cache.put(key, x_adv)
         score_cell(key, x_adv, {"kind": "adaptive", "source": f"{victim} (white-box)", "attack": adaptive.label(defense),
                                 "eps": float(adaptive.attack.eps)}, victim, d_name)
