@@ -26,6 +26,7 @@ from nrp_lightning.images import png_bytes
 from nrp_lightning.purify import dynamic_perturb, load_purifier, purify_images
 from nrp_lightning.serve.protocol import (AttackRequest, ImageRequest, PredictRequest, PurifyRequest, RequestError,
                                           decode_request_image)
+from nrp_lightning.serve.shutdown import in_worker_process
 
 TOP_K = 5
 # /attack runs gradient attacks at full resolution, so it takes at most this many pixels (the demo
@@ -70,6 +71,7 @@ class ImageAPI(ls.LitAPI):
         self.max_pixels, self.threads = max_pixels, threads
 
     def setup(self, device: str) -> None:
+        in_worker_process()  # dies with the main process, leaves Ctrl-C to it
         if self.threads:
             torch.set_num_threads(self.threads)
         self.torch_device = torch.device(device)

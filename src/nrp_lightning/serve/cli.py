@@ -4,7 +4,8 @@ server with the demo page at ``/demo`` and the ``/attack`` route it uses).
 Routes: ``POST /purify``, ``POST /predict``, ``GET /health`` (200 ``ok`` once every worker is up),
 ``GET /info``, ``GET /docs`` (OpenAPI); with the page also ``GET /demo``, ``GET /demo/options``,
 ``GET /demo/examples/NAME.png`` and ``POST /attack``. Exit code 2 for usage errors (an unreadable
-checkpoint, a classifier whose weights cannot be had, CUDA asked for and absent).
+checkpoint, a classifier whose weights cannot be had, CUDA asked for and absent). SIGTERM or SIGINT
+to the main process stops it with all its workers and frees the port (``shutdown``).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Sequence
 import torch
 
 from nrp_lightning.serve.protocol import DEFAULT_MAX_PIXELS
+from nrp_lightning.serve.shutdown import end_children, stop_on_signals
 from nrp_lightning.tiling import parse_memory
 
 PAGE = Path(__file__).parent / "page" / "index.html"
@@ -179,8 +181,14 @@ def run(argv: Sequence[str] | None, prog: str, page: bool) -> int:
     where = f"http://{'127.0.0.1' if args.host != '::' else '[::1]'}:{args.port}"
     print(f"{prog}: {where}/purify, {where}/predict ({args.classifier}), {where}/health"
           + (f"; the page: {where}/demo" if page else ""), file=sys.stderr, flush=True)
-    server.run(host=args.host, port=args.port, log_level=args.log_level, generate_client_file=False,
-               num_api_servers=1)
+    stop_on_signals(prog)
+    try:
+        server.run(host=args.host, port=args.port, log_level=args.log_level, generate_client_file=False,
+                   num_api_servers=1)
+    except KeyboardInterrupt:  # a stop signal while the workers were starting, before LitServe handles it
+        pass
+    finally:
+        end_children()
     return 0
 
 

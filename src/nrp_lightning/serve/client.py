@@ -1,6 +1,7 @@
 """Talking to ``nrp-serve`` from Python with the standard library: start one on a free port and wait
-for its health route (``running_server``), and post to it (``post``). The tests and the load test
-(``benchmarks/serve_load.py``) use these; a client needs nothing of this package but ``post``.
+for its health route (``running_server``, ``wait_healthy``), and post to it (``post``). The tests and
+the load test (``benchmarks/serve_load.py``) use these; a client needs nothing of this package but
+``post``.
 """
 from __future__ import annotations
 
@@ -64,34 +65,38 @@ def free_port() -> int:
 def running_server(args: Sequence[str] = (), command: str = "nrp-serve",
                    startup_timeout: float = STARTUP_TIMEOUT) -> Iterator[str]:
     """``nrp-serve ARGS`` (or ``nrp-demo-page``) on a free port of 127.0.0.1, in its own process group;
-    yields its base URL once ``/health`` answers ok, and stops it (SIGINT: LitServe's graceful
-    shutdown, which ends its workers) on exit. Its log goes to a temporary file, quoted on failure."""
+    yields its base URL once ``/health`` answers ok, and stops it (SIGTERM, which ends its workers) on
+    exit. Its log goes to a temporary file, quoted on failure."""
     port = free_port()
     module = "serve_main" if command == "nrp-serve" else "demo_page_main"
-    # SIGINT back to Python's default: a background job of a non-interactive shell (CI) starts with it
-    # ignored, and the server would inherit that and miss the graceful-shutdown signal below.
-    code = (f"import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-            f"from nrp_lightning.serve.cli import {module}; sys.exit({module}(sys.argv[1:]))")
+    code = f"import sys; from nrp_lightning.serve.cli import {module}; sys.exit({module}(sys.argv[1:]))"
     log = tempfile.NamedTemporaryFile(prefix="nrp-serve-", suffix=".log", delete=False)
     process = subprocess.Popen([sys.executable, "-c", code, "--port", str(port), *args], stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{command} exited with {process.returncode} before it was up:\n{_tail(log.name)}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{command} not healthy after {startup_timeout:.0f} s:\n{_tail(log.name)}")
-            with contextlib.suppress(OSError):
-                if get(f"{url}/health", timeout=2).status == 200:
-                    break
-            time.sleep(0.5)
+        wait_healthy(process, url, log.name, command, startup_timeout)
         yield url
     finally:
         _stop(process)
         log.close()
         os.unlink(log.name)
+
+
+def wait_healthy(process: subprocess.Popen, url: str, log: str, command: str = "nrp-serve",
+                 timeout: float = STARTUP_TIMEOUT) -> None:
+    """Wait until the server ``process`` at ``url`` answers ok on ``/health``; raise, quoting the end of
+    its ``log`` file, if it exits first or is not healthy after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{command} exited with {process.returncode} before it was up:\n{_tail(log)}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{command} not healthy after {timeout:.0f} s:\n{_tail(log)}")
+        with contextlib.suppress(OSError):
+            if get(f"{url}/health", timeout=2).status == 200:
+                return
+        time.sleep(0.5)
 
 
 def _tail(path: str, lines: int = 40) -> str:
@@ -100,9 +105,9 @@ def _tail(path: str, lines: int = 40) -> str:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """SIGINT to the server; its process group (the workers it spawned) is killed if it lingers."""
+    """SIGTERM to the server; its process group is killed if anything of it lingers."""
     if process.poll() is None:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         try:
             process.wait(SHUTDOWN_TIMEOUT)
         except subprocess.TimeoutExpired:
