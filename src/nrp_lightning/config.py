@@ -8,7 +8,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+PACKAGE_CONF = Path(__file__).resolve().parent / "conf"  # a folder in a wheel; in a checkout, a link to conf/
+CHECKOUT_CONF = Path(__file__).resolve().parents[2] / "conf"  # where git made no link (Windows without symlinks)
+CONF_DIR = next((d.resolve() for d in (PACKAGE_CONF, CHECKOUT_CONF) if (d / "train.yaml").is_file()), PACKAGE_CONF)
 EVAL_CONF_DIR = CONF_DIR / "evaluation"  # eval.py's own tree: its groups (data, experiment, ...) are not training's
 
 
@@ -63,19 +65,31 @@ def pretrained(name: str) -> str:
     return str(path)
 
 
+def config_groups(*, _root_: DictConfig) -> str:
+    """``${config_groups:}`` in a ``--help`` template: one ``group: option, ...`` line for each group the
+    app's defaults list chooses from. Hydra's ``$APP_CONFIG_GROUPS`` lists every folder under the config
+    root instead, so train's help would offer eval's tree (``evaluation/...``) and cross_task's ``tasks``."""
+    root = next(Path(s.path) for s in _root_.hydra.runtime.config_sources if s.provider == "main")
+    groups = sorted(g for g in _root_.hydra.runtime.choices if g != "hydra" and not g.startswith("hydra/"))
+    return "\n".join(f"{g}: {', '.join(sorted(p.stem for p in (root / g).glob('*.yaml')))}" for g in groups)
+
+
 def register_resolvers() -> None:
-    for name, fn in (("optimizer_steps", optimizer_steps), ("job_dirname", job_dirname), ("pretrained", pretrained)):
+    for name, fn in (("optimizer_steps", optimizer_steps), ("job_dirname", job_dirname), ("pretrained", pretrained),
+                     ("config_groups", config_groups)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
 
 def conf_dir(config_name: str = "train") -> str:
-    """The folder of ``<config_name>.yaml``: ``conf/`` (train, cross_task) or ``conf/evaluation/`` (eval)."""
+    """The folder of ``<config_name>.yaml``: ``conf/`` (train, cross_task) or ``conf/evaluation/`` (eval),
+    the same tree in a checkout and in an installed wheel (``nrp_lightning/conf``)."""
     for root in (CONF_DIR, EVAL_CONF_DIR):
         if (root / f"{config_name}.yaml").is_file():
             return str(root)
-    raise FileNotFoundError(f"Hydra config {config_name}.yaml not found under {CONF_DIR}; install nrp-lightning from "
-                            "its source tree with `pip install -e .` so that conf/ sits beside src/")
+    raise FileNotFoundError(f"Hydra config {config_name}.yaml not found under {CONF_DIR}: this install of nrp-lightning "
+                            "lacks its configs; reinstall it with `pip install .` from a git checkout, where "
+                            "src/nrp_lightning/conf links to conf/")
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "train", run_dir: str | None = None) -> DictConfig:
