@@ -63,14 +63,14 @@ def test_a_failing_image_and_an_unwritable_target_do_not_stop_the_others(tmp_pat
 def test_the_next_batch_is_read_while_fn_computes(tmp_path, folder, monkeypatch):
     jobs = [job for job in plan_jobs(folder, tmp_path / "out") if job.source.name.startswith("a")]
     second_batch_read = threading.Event()
-    real_load = folder_jobs.load_image
+    real_load = folder_jobs.load_image_with_mode
 
-    def load_image(path):
+    def load_image_with_mode(path):
         if path.name in {"a2.png", "a3.png"}:
             second_batch_read.set()
         return real_load(path)
 
-    monkeypatch.setattr(folder_jobs, "load_image", load_image)
+    monkeypatch.setattr(folder_jobs, "load_image_with_mode", load_image_with_mode)
     overlapped = []
 
     def fn(x):

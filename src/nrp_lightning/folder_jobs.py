@@ -4,7 +4,8 @@ Rules: inputs are never modified (OUTPUT may not be INPUT nor lie inside it, and
 is an input path); each output is written atomically (``images.save_png``); an existing output is
 skipped unless ``overwrite``, which also makes an interrupted run resume where it stopped; a file
 that cannot be read or processed is reported with its reason while the others go on. Images of
-equal size are batched together.
+equal size are batched together. ``fn`` sees RGB; each output is written in its input's form
+(``images.load_image_with_mode``): alpha copied through, grayscale kept, 16-bit PNGs as 16-bit.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from nrp_lightning.images import IMAGE_EXTENSIONS, ImageLoadError, list_images, load_image, save_png
+from nrp_lightning.images import (IMAGE_EXTENSIONS, ImageLoadError, OutputMode, list_images,
+                                  load_image_with_mode, save_png)
 
 
 # A batch of (3, H, W) images in [0, 1], all of one size -> as many (3, H, W) images in [0, 1]. With
@@ -147,8 +149,8 @@ def run_jobs(jobs: list[Job], fn: BatchFn, batch_size: int = 1, overwrite: bool 
             if i + 1 < len(batches):
                 upcoming = pool.submit(_load, batches[i + 1])
             summary.failed.update(failures)
-            for job, out in _compute(loaded, fn, summary, pass_sources):
-                writes.append((job, pool.submit(save_png, out, job.target)))
+            for job, mode, out in _compute(loaded, fn, summary, pass_sources):
+                writes.append((job, pool.submit(save_png, out, job.target, mode)))
             while len(writes) > 2 * batch_size:  # bounded: at most two batches of outputs wait
                 _finish_write(*writes.popleft(), summary)
             bar.update(len(batch))
@@ -157,35 +159,40 @@ def run_jobs(jobs: list[Job], fn: BatchFn, batch_size: int = 1, overwrite: bool 
     return summary
 
 
-def _load(batch: list[Job]) -> tuple[list[tuple[Job, torch.Tensor]], dict[Path, str]]:
+# An input or an output of fn: its job, the OutputMode its PNG is written with, a (3, H, W) RGB image.
+Item = tuple[Job, OutputMode, torch.Tensor]
+
+
+def _load(batch: list[Job]) -> tuple[list[Item], dict[Path, str]]:
     """The batch's images, and the reason for each file that cannot be read."""
     loaded, failures = [], {}
     for job in batch:
         try:
-            loaded.append((job, load_image(job.source)))
+            image, mode = load_image_with_mode(job.source)
+            loaded.append((job, mode, image))
         except ImageLoadError as exc:
             failures[job.source] = str(exc).removeprefix(f"{job.source}: ")
     return loaded, failures
 
 
-def _compute(loaded: list[tuple[Job, torch.Tensor]], fn: BatchFn, summary: Summary,
-             pass_sources: bool) -> list[tuple[Job, torch.Tensor]]:
-    """``fn`` over one loaded batch -> (job, output) pairs. A batch whose sizes differ (EXIF
-    surprises) runs per image, and a failing batch is retried image by image, so that one bad
-    image (or too big a batch) does not fail the others; what still fails goes into ``summary``."""
-    if len(loaded) > 1 and len({tuple(image.shape) for _, image in loaded}) > 1:
-        return [pair for item in loaded for pair in _compute([item], fn, summary, pass_sources)]
+def _compute(loaded: list[Item], fn: BatchFn, summary: Summary, pass_sources: bool) -> list[Item]:
+    """``fn`` over one loaded batch -> its items with ``fn``'s outputs as their images. A batch whose
+    sizes differ (EXIF surprises) runs per image, and a failing batch is retried image by image, so
+    that one bad image (or too big a batch) does not fail the others; what still fails goes into
+    ``summary``."""
+    if len(loaded) > 1 and len({tuple(image.shape) for *_, image in loaded}) > 1:
+        return [done for item in loaded for done in _compute([item], fn, summary, pass_sources)]
     if not loaded:
         return []
     try:
-        images = torch.stack([image for _, image in loaded])
-        outputs = fn(images, [job.source for job, _ in loaded]) if pass_sources else fn(images)
+        images = torch.stack([image for *_, image in loaded])
+        outputs = fn(images, [job.source for job, *_ in loaded]) if pass_sources else fn(images)
     except (RuntimeError, MemoryError, ValueError) as exc:
         if len(loaded) > 1:
-            return [pair for item in loaded for pair in _compute([item], fn, summary, pass_sources)]
+            return [done for item in loaded for done in _compute([item], fn, summary, pass_sources)]
         summary.failed[loaded[0][0].source] = f"processing failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
         return []
-    return [(job, out) for (job, _), out in zip(loaded, outputs)]
+    return [(job, mode, out) for (job, mode, _), out in zip(loaded, outputs)]
 
 
 def _finish_write(job: Job, write: Future, summary: Summary) -> None:
