@@ -8,7 +8,7 @@ from nrp_lightning.attacks.ssp import ssp
 from nrp_lightning.models.features import mobilenet_v2
 from nrp_lightning.models.purifier import ResNetPurifier, RRDBPurifier
 from nrp_lightning.tiling import (attack_tiled, measure_backward_bytes_per_pixel, bytes_per_pixel, parse_memory, purify_tiled, receptive_margin,
-                                  tile_shape, tile_starts, tiled_apply, window)
+                                  report_tiles, tile_shape, tile_starts, tiled_apply, window)
 
 # Tolerance of tiled vs untiled with the default halo (>= receptive field): only float rounding
 # differs (summation order of the blend), so 1e-5 absolute on [0, 1] images (~1/400 of a grey level).
@@ -52,6 +52,27 @@ def test_tiled_equals_untiled_with_exact_halo():
     assert (rough - whole).abs().max() > 10 * EXACT_ATOL  # without context the seams are real: the test can fail
 
 
+def test_report_tiles_reports_each_tile_once_and_changes_nothing():
+    torch.manual_seed(0)
+    purifier = RRDBPurifier(8, 1, 4).eval()
+    x = torch.rand(2, 3, 96, 128)
+    budget = 84 * 84 * bytes_per_pixel(purifier)  # 2x3 tiles per image, as above
+    calls, tiles = [], []
+    hooked = purifier.register_forward_hook(lambda m, i, o: tiles.append(len(tiles) + 1))
+    with torch.no_grad():
+        quiet = purify_tiled(purifier, x, max_memory=budget)
+        tiles.clear()
+        with report_tiles(lambda done, total: calls.append((done, total, len(tiles)))):
+            reported = purify_tiled(purifier, x, max_memory=budget)
+            purify_tiled(purifier, x, max_memory=1 << 40)  # fits whole: reports nothing
+    hooked.remove()
+    assert calls == [(i, 12, i) for i in range(13)]  # 0 at the start, then each after its own tile, over both images
+    assert torch.equal(reported, quiet)
+    with torch.no_grad():  # outside the block, nothing is reported any more
+        purify_tiled(purifier, x, max_memory=budget)
+    assert len(calls) == 13
+
+
 def test_batch_is_split_to_fit_the_budget():
     purifier = ResNetPurifier(8, 1).eval()
     x = torch.rand(5, 3, 16, 16)
@@ -80,7 +101,10 @@ def test_tiled_attack_stays_in_the_ball():
     x = torch.rand(1, 3, 80, 96)
     attack = lambda t: ssp(t, features, eps=8, step_size=2, steps=2, generator=torch.Generator().manual_seed(0))
     budget = 70 * 70 * measure_backward_bytes_per_pixel(features)  # 70x70 tiles
-    adv = attack_tiled(attack, features, x, max_memory=budget, halo=8, ramp=4)
+    calls = []
+    with report_tiles(lambda done, total: calls.append((done, total))):
+        adv = attack_tiled(attack, features, x, max_memory=budget, halo=8, ramp=4)
+    assert calls == [(i, 4) for i in range(5)]  # 2x2 tiles
     assert adv.shape == x.shape and (adv - x).abs().max() <= 8 / 255 + 1e-6 and (adv - x).abs().max() > 4 / 255
 
 

@@ -6,12 +6,16 @@ without a seam. With ``halo`` at least the network's receptive-field margin (the
 pixel with non-zero weight is computed exactly as in the untiled pass, so tiled and untiled
 outputs agree up to float rounding. The tile size comes from a memory budget (bytes) and an
 estimate of activation bytes per pixel for the architecture (calibrated by measurement, below).
+Inside ``with report_tiles(callback):`` every tiled call reports each tile it finishes.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import weakref
-from typing import Callable
+from contextvars import ContextVar
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -29,6 +33,35 @@ ELEMENTS_PER_PIXEL: dict[type, Callable[[nn.Module], int]] = {
     RRDBPurifier: lambda p: 6 * (p.conv_first.out_channels + 4 * p.RRDB_trunk[0].RDB1.conv1.out_channels),
     ResNetPurifier: lambda p: 6 * p.conv_first.out_channels,
 }
+
+
+# progress(done, total): tiles finished so far, of all the tiles of one purify_tiled/attack_tiled call
+TileProgress = Callable[[int, int], None]
+_tile_progress: ContextVar[TileProgress | None] = ContextVar("tile_progress", default=None)
+
+
+@contextlib.contextmanager
+def report_tiles(progress: TileProgress) -> Iterator[None]:
+    """Within the block, each ``purify_tiled`` or ``attack_tiled`` call that tiles its images calls
+    ``progress(0, total)`` as it starts and ``progress(done, total)`` after every tile (``total``: the
+    tiles of all the call's images); images processed whole report nothing. A context, not an argument, so that it reaches them
+    through their callers (``purify.purify_images``, the command line's batch functions)."""
+    token = _tile_progress.set(progress)
+    try:
+        yield
+    finally:
+        _tile_progress.reset(token)
+
+
+def _tile_counter(total: int) -> Callable[[], None] | None:
+    """What ``tiled_apply`` calls after each of ``total`` tiles: the ``report_tiles`` callback in force
+    with the count so far (told ``0`` at once); None without one, or for a single tile."""
+    progress = _tile_progress.get()
+    if progress is None or total <= 1:
+        return None
+    progress(0, total)
+    done = itertools.count(1)
+    return lambda: progress(next(done), total)
 
 
 def receptive_margin(net: nn.Module) -> int:
@@ -110,13 +143,20 @@ def window(start: int, tile: int, length: int, halo: int, ramp: int) -> torch.Te
     return w.float()
 
 
+def tile_count(height: int, width: int, tile: tuple[int, int], halo: int, ramp: int = DEFAULT_RAMP) -> int:
+    """How many tiles ``tiled_apply`` cuts an ``height x width`` image into (1: it runs whole)."""
+    return (len(tile_starts(height, min(tile[0], height), halo, ramp))
+            * len(tile_starts(width, min(tile[1], width), halo, ramp)))
+
+
 def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: tuple[int, int],
-                halo: int, ramp: int = DEFAULT_RAMP) -> torch.Tensor:
+                halo: int, ramp: int = DEFAULT_RAMP, on_tile: Callable[[], None] | None = None) -> torch.Tensor:
     """``fn`` over overlapping tiles of ``x`` ``(B, C, H, W)``, blended into ``(B, C', H, W)``.
 
     ``fn`` maps ``(B, C, h, w)`` to ``(B, C', h, w)``; ``tile`` is ``(tile_h, tile_w)`` in px including
     halos. The output is the window-weighted mean of the tiles, so it stays inside any convex set
-    every tile output lies in (e.g. [0, 1], or an l_inf ball around ``x``).
+    every tile output lies in (e.g. [0, 1], or an l_inf ball around ``x``). ``on_tile()`` is called
+    after each tile, if there is more than one.
     """
     _, _, height, width = x.shape
     tile_h, tile_w = min(tile[0], height), min(tile[1], width)
@@ -133,6 +173,8 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
                 weight = y.new_zeros((height, width))
             out[..., top:top + tile_h, left:left + tile_w] += y * w
             weight[top:top + tile_h, left:left + tile_w] += w
+            if on_tile is not None:
+                on_tile()
     return out / weight
 
 
@@ -163,7 +205,8 @@ def purify_tiled(purifier: nn.Module, x: torch.Tensor, max_memory: int | None = 
     """``purifier(x).clamp(0, 1)`` for ``x`` ``(B, 3, H, W)`` in [0, 1] within ``max_memory`` bytes.
 
     Whole batch if it fits, else image by image, else each image in tiles (``halo`` default: the
-    receptive-field margin, which makes tiling exact up to float rounding). Call under ``no_grad``.
+    receptive-field margin, which makes tiling exact up to float rounding), each tile reported to
+    ``report_tiles``' callback if one is in force. Call under ``no_grad``.
     """
     param = next(purifier.parameters())
     budget = max_memory if max_memory is not None else default_memory_budget(param.device)
@@ -171,14 +214,13 @@ def purify_tiled(purifier: nn.Module, x: torch.Tensor, max_memory: int | None = 
     per_px = bytes_per_pixel(purifier, param.dtype)
     batch, _, height, width = x.shape
     image_bytes = height * width * per_px
-    step = max(1, budget // image_bytes) if image_bytes <= budget else 1
-    outputs = []
-    for chunk in x.split(step):
-        if image_bytes <= budget:
-            outputs.append(purifier(chunk).clamp_(0.0, 1.0))
-        else:
-            tile = tile_shape(height, width, budget, per_px, halo, ramp)
-            outputs.append(tiled_apply(lambda t: purifier(t).clamp_(0.0, 1.0), chunk, tile, halo, ramp))
+    if image_bytes <= budget:
+        outputs = [purifier(chunk).clamp_(0.0, 1.0) for chunk in x.split(max(1, budget // image_bytes))]
+    else:
+        tile = tile_shape(height, width, budget, per_px, halo, ramp)
+        on_tile = _tile_counter(batch * tile_count(height, width, tile, halo, ramp))
+        outputs = [tiled_apply(lambda t: purifier(t).clamp_(0.0, 1.0), image, tile, halo, ramp, on_tile)
+                   for image in x.split(1)]
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
@@ -216,6 +258,7 @@ def attack_tiled(attack: Callable[[torch.Tensor], torch.Tensor], features: nn.Mo
 
     Tiling an attack is an approximation (each tile sees ``halo`` px of context, not the whole image),
     but the result stays inside the attack's l_inf ball and [0, 1]: blending is a convex combination.
+    Tiles are reported as in ``purify_tiled``.
     """
     budget = max_memory if max_memory is not None else default_memory_budget(x.device)
     per_px = measure_backward_bytes_per_pixel(features, x.device)
@@ -224,4 +267,5 @@ def attack_tiled(attack: Callable[[torch.Tensor], torch.Tensor], features: nn.Mo
     if image_bytes <= budget:
         return torch.cat([attack(chunk) for chunk in x.split(max(1, budget // image_bytes))])
     tile = tile_shape(height, width, budget, per_px, halo, ramp)
-    return torch.cat([tiled_apply(attack, image[None], tile, halo, ramp) for image in x])
+    on_tile = _tile_counter(len(x) * tile_count(height, width, tile, halo, ramp))
+    return torch.cat([tiled_apply(attack, image, tile, halo, ramp, on_tile) for image in x.split(1)])
