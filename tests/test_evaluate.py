@@ -184,7 +184,7 @@ def test_r_and_p_is_addressable_as_rp_and_still_labelled_r_and_p():
     from nrp_lightning.evaluation.cli import defenses_from_config
 
     defenses = defenses_from_config(compose(["experiment=offline", "defenses.JPEG=null"], config_name="eval").defenses)
-    assert list(defenses) == ["TVM", "Median", "R&P", "BitDepth", "Blur"]  # tables and figures say R&P
+    assert list(defenses) == ["TVM", "Median", "R&P", "BitDepth", "Blur", "NRP"]  # tables and figures say R&P
     dropped = defenses_from_config(compose(["experiment=offline", "~defenses.RP"], config_name="eval").defenses)
     assert "R&P" not in dropped and "TVM" in dropped
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from nrp_lightning import fast_paths
 from nrp_lightning.config import conf_dir, register_resolvers
 from nrp_lightning.defenses.base import Defense
 from nrp_lightning.evaluation.grid import Grid, run_grid
@@ -81,7 +82,7 @@ def check_entries(cfg: DictConfig) -> None:
                                  f"it but the chosen {group} option does not define it; drop it with ~{group}.{key}")
 
 
-def grid_from_config(cfg: DictConfig) -> Grid:
+def grid_from_config(cfg: DictConfig, bf16: bool = False) -> Grid:
     """Instantiate ``Grid`` from the composed ``conf/evaluation/eval.yaml``."""
     from hydra.utils import instantiate
 
@@ -92,14 +93,16 @@ def grid_from_config(cfg: DictConfig) -> Grid:
                 defended_victims=list(cfg.defended_victims) if cfg.defended_victims else None,
                 adaptive=dict(built["adaptive"] or {}), eps_sweep=list(cfg.eps_sweep or []),
                 sweep_attack=cfg.sweep_attack, sweep_source=cfg.sweep_source, batch_size=cfg.batch_size, seed=cfg.seed,
-                confident_threshold=cfg.confident_threshold, targets=cfg.targets)
+                confident_threshold=cfg.confident_threshold, targets=cfg.targets, bf16=bf16)
 
 
 def evaluate(cfg: DictConfig, out_dir: str | os.PathLike) -> Path:
     """Build the grid of ``cfg``, run it, write the reports; returns the report path."""
     start = time.time()
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    grid = grid_from_config(cfg)
+    bf16 = fast_paths.use_bf16(device, cfg.precision)
+    log.info("evaluating on %s", fast_paths.describe(device, bf16))
+    grid = grid_from_config(cfg, bf16)
     out_dir, cache_dir = Path(out_dir), Path(cfg.cache_dir)
     rows = run_grid(grid, out_dir, cache_dir, device, progress=cfg.progress)
     report = write_reports(rows, grid, out_dir, cache_dir, time.time() - start)
@@ -138,6 +141,7 @@ def main() -> None:
     if hint:
         sys.exit(hint)
     register_resolvers()
+    fast_paths.tune_allocator()
 
     @hydra.main(config_path=conf_dir("eval"), config_name="eval", version_base="1.3")
     def _run(cfg) -> None:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from nrp_lightning import fast_paths
 from nrp_lightning.attacks.adaptive import AdaptiveAttack
 from nrp_lightning.attacks.ssp import SSP
 from nrp_lightning.attacks.transfer import IMAGENET_CLASSES, GradientAttack, untargeted_labels
@@ -89,6 +90,8 @@ class Grid:
             class per image drawn with ``seed`` among the ImageNet classes that are neither its
             label nor any victim's clean top-1 (the usual protocol of targeted transfer), or one
             ImageNet class index for every image.
+        bf16: craft, defend and classify under bf16 autocast (``fast_paths.use_bf16``); its sets
+            and rows are cached apart from fp32's. Every network runs channels_last either way.
     """
 
     data: EvalSet
@@ -105,6 +108,11 @@ class Grid:
     seed: int = 0
     confident_threshold: float = CONFIDENT_THRESHOLD
     targets: str | int = "random"
+    bf16: bool = False
+
+    def fingerprint(self) -> str:
+        """The data's fingerprint, and the precision when not fp32: part of every cache key."""
+        return self.data.fingerprint() + ("+bf16" if self.bf16 else "")
 
     def __post_init__(self) -> None:
         if not (self.targets == "random" or isinstance(self.targets, int) and 0 <= self.targets < IMAGENET_CLASSES):
@@ -152,7 +160,7 @@ def is_targeted(attack: Any) -> bool:
 def transfer_key(grid: Grid, source: str, attack: Any) -> str:
     """Cache key of the adversarial set of ``attack`` crafted on ``source`` over the grid's data
     (and, for a targeted attack, the grid's ``targets``)."""
-    parts = ("transfer", source, repr(attack), grid.data.fingerprint(), grid.seed)
+    parts = ("transfer", source, repr(attack), grid.fingerprint(), grid.seed)
     return cache_key(*parts, f"targets={grid.targets}") if is_targeted(attack) else cache_key(*parts)
 
 
@@ -236,18 +244,23 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLik
              device: str | torch.device = "cpu", progress: bool = True) -> list[dict]:
     """Craft, defend and score everything in ``grid``; returns every row (also in ``results.jsonl``).
     Safe to kill and rerun with the same ``out_dir`` and ``cache_dir``."""
-    device = torch.device(device)
+    with fast_paths.autocast(device, grid.bf16)():
+        return _run_grid(grid, out_dir, cache_dir, torch.device(device), progress)
+
+
+def _run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLike, device: torch.device,
+              progress: bool) -> list[dict]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache, store = AdversarialCache(cache_dir), ResultStore(out_dir / "results.jsonl")
     data = grid.data
     x_clean = to_uint8(data.images)
-    fingerprint = data.fingerprint()
+    fingerprint = grid.fingerprint()
     for m in [*grid.sources.values(), *grid.victims.values(), *grid.defenses.values()]:
-        m.to(device)
+        fast_paths.to_channels_last(m.to(device))
     for attack in grid.attacks.values():
         if isinstance(attack, SelfSupervised):
-            attack.features.to(device)
+            fast_paths.to_channels_last(attack.features.to(device))
 
     # Reference labels of each victim: the true labels, or its own clean prediction.
     clean = {v: predict(m, grid.defenses[NO_DEFENSE], x_clean, grid.batch_size, device) for v, m in grid.victims.items()}
