@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from nrp_lightning import fast_paths
 from nrp_lightning.callbacks import SIGNAL_CHECKPOINT
 from nrp_lightning.config import BadConfigError, conf_dir, is_number, register_resolvers
 from nrp_lightning.lit_module import DivergenceError, NRPModule
@@ -257,6 +258,7 @@ def main(cfg: DictConfig) -> None:
 
     from nrp_lightning.weights import WeightsNotFoundError
 
+    fast_paths.tune_allocator()
     try:
         try:
             train(cfg)
