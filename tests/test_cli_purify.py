@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import numpy as np
 import pytest
@@ -22,6 +23,9 @@ def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+ALPHA = (np.arange(20 * 24).reshape(20, 24) * 37 % 256).astype(np.uint8)  # every level from 0 to 255
+
+
 @pytest.fixture()
 def checkpoint(tmp_path):
     torch.manual_seed(0)
@@ -39,7 +43,7 @@ def photos(tmp_path):
     Image.fromarray(_rgb(32, 40, 2)).save(root / "a.png")  # same stem as a.jpg
     Image.fromarray(_rgb(32, 40, 3)).save(root / "sub" / "b.png")  # same size: batched with the two above
     Image.fromarray(_rgb(20, 24, 4)[..., 0]).save(root / "sub" / "gray.png")
-    Image.fromarray(np.dstack([_rgb(20, 24, 5), np.full((20, 24), 128, np.uint8)])).save(root / "rgba.png")
+    Image.fromarray(np.dstack([_rgb(20, 24, 5), ALPHA])).save(root / "rgba.png")  # 24x20, alpha varied
     palette = Image.fromarray(_rgb(16, 16, 6)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     palette.info["transparency"] = 0
     palette.save(root / "palette.png", transparency=0)
@@ -82,6 +86,17 @@ def test_purify_folder_with_bad_inputs(tmp_path, photos, checkpoint, capsys):
     # the written PNG is the purified image, rounded to 8 bits
     expected = purify_images(load_purifier(checkpoint), load_image(photos / "sub" / "b.png")[None])[0]
     assert (load_image(out / "sub" / "b.png") - expected).abs().max() <= 0.5 / 255 + 1e-6
+    _assert_input_forms_kept(photos, out)
+
+
+def _assert_input_forms_kept(photos, out):
+    """The documented output of each input form (nrp-purify --help, docs/protect.md)."""
+    rgba = Image.open(out / "rgba.png")
+    assert rgba.mode == "RGBA" and np.array_equal(np.asarray(rgba)[..., 3], ALPHA)  # alpha untouched
+    assert {name: Image.open(out / name).mode for name in ("sub/gray.png", "deep16.png", "palette.png", "cmyk.png")} \
+        == {"sub/gray.png": "L", "deep16.png": "I;16", "palette.png": "RGBA", "cmyk.png": "RGB"}
+    source_alpha = np.asarray(Image.open(photos / "palette.png").convert("RGBA"))[..., 3]
+    assert np.array_equal(np.asarray(Image.open(out / "palette.png"))[..., 3], source_alpha)
 
 
 def test_purify_skips_existing_resumes_and_overwrites(tmp_path, photos, checkpoint, capsys):
@@ -108,6 +123,47 @@ def test_purify_single_file_dynamic_is_seeded(tmp_path, photos, checkpoint, caps
     assert outs[0] == outs[1] != outs[2]
     assert purify_main([str(source), str(tmp_path / "d"), "--checkpoint", str(checkpoint), "--no-progress"]) == 0
     assert (tmp_path / "d" / "b.png").is_file()
+
+
+def test_purified_rgba_keeps_its_alpha_and_purifies_the_colours_as_stored(tmp_path, photos, checkpoint):
+    out = tmp_path / "rgba.png"
+    assert purify_main([str(photos / "rgba.png"), str(out), "--checkpoint", str(checkpoint), "--no-progress"]) == 0
+    written = np.array(Image.open(out))
+    assert written.shape == (20, 24, 4) and np.array_equal(written[..., 3], ALPHA)
+    colours = torch.from_numpy(_rgb(20, 24, 5)).permute(2, 0, 1).float() / 255  # not composited on white
+    expected = purify_images(load_purifier(checkpoint), colours[None])[0]
+    assert (torch.from_numpy(written[..., :3]).permute(2, 0, 1) / 255 - expected).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_grayscale_and_16_bit_come_back_as_they_went_in(tmp_path, checkpoint):
+    from nrp_lightning.images import OutputMode, load_image_with_mode, save_png
+
+    src = tmp_path / "in"
+    gray = _rgb(20, 24, 11)[..., 0]
+    save_png(torch.from_numpy(gray).float().div(255).expand(3, -1, -1), src / "gray.png", OutputMode(gray=True))
+    alpha16 = (np.arange(20 * 24, dtype=np.uint16).reshape(20, 24) * 137)
+    save_png(torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(0)), src / "rgba16.png",
+             OutputMode(bits=16, alpha=alpha16))
+    assert purify_main([str(src), str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--no-progress"]) == 0
+    written = Image.open(tmp_path / "out" / "gray.png")
+    expected = purify_images(load_purifier(checkpoint), load_image(src / "gray.png")[None])[0]
+    luma = (torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1) * expected).sum(0)
+    assert written.mode == "L" and (torch.from_numpy(np.array(written)) / 255 - luma).abs().max() <= 0.5 / 255 + 1e-6
+    _, mode = load_image_with_mode(tmp_path / "out" / "rgba16.png")
+    assert mode.bits == 16 and not mode.gray and np.array_equal(mode.alpha, alpha16)
+
+
+def test_a_tiled_photo_shows_a_bar_of_tiles_and_the_same_output(tmp_path, photos, checkpoint, capsys):
+    big = tmp_path / "big.png"
+    Image.fromarray(_rgb(100, 120, 12)).save(big)
+    options = ["--checkpoint", str(checkpoint), "--max-memory", "5M"]  # 84-85 px tiles: 2x2 of them
+    assert purify_main([str(big), str(tmp_path / "bar.png"), *options]) == 0
+    assert re.search(r"big\.png: tiles 0/4 .*big\.png: tiles [1-4]/4", capsys.readouterr().err, re.S)
+    assert purify_main([str(big), str(tmp_path / "quiet.png"), *options, "--no-progress"]) == 0
+    assert "tiles" not in capsys.readouterr().err
+    assert (tmp_path / "bar.png").read_bytes() == (tmp_path / "quiet.png").read_bytes()
+    assert purify_main([str(photos / "sub" / "b.png"), str(tmp_path / "small.png"), *options]) == 0
+    assert "tiles" not in capsys.readouterr().err  # fits the budget whole: no bar of tiles
 
 
 @pytest.mark.parametrize("output, message", [
@@ -194,6 +250,7 @@ def test_attack_transfer_folder_targeted_one_png_per_photo_in_budget(tmp_path, p
     assert _outputs(out) == GOOD
     clean, adv = load_image(photos / "sub" / "b.png"), load_image(out / "sub" / "b.png")
     assert 4 / 255 < (adv - clean).abs().max().item() <= 8 / 255 + 0.5 / 255
+    _assert_input_forms_kept(photos, out)  # the one image writer: outputs as nrp-purify's
     assert attack_main(argv) == 1 and "done: 0, skipped (output exists): 10, failed: 3" in capsys.readouterr().err
 
 
@@ -275,8 +332,13 @@ def test_attack_transfer_usage_errors(tmp_path, photos, capsys, extra, message):
 
 
 @pytest.mark.parametrize("main, argv, words", [
-    (purify_main, ["--help"], ["--checkpoint", "--dynamic", "--max-memory", "Exit code"]),
-    (purify_main, ["export", "--help"], ["opset 18", "TorchScript"]),
+    (purify_main, ["--help"], ["--checkpoint", "--dynamic", "--max-memory", "Exit code",
+                               "Alpha: copied through bit for bit into an RGBA", "written back as grayscale",
+                               "16-bit PNGs give 16-bit PNGs", "CMYK becomes RGB",
+                               "nrp_cpu.pth, trained by `python train.py experiment=nrp_cpu attack=classifier` "
+                               "(DIM adversaries of MobileNetV2 as training inputs)"]),
+    (purify_main, ["export", "--help"], ["opset 18", "TorchScript", "nrp-purify export nrp_cpu.onnx",
+                                         "outputs/<run>/purifier.pth"]),
     (attack_main, ["--help"], ["ssp", "pixel units", "fgsm", "rfgsm", "ifgsm", "mifgsm", "dim"]),
     (attack_main, ["mifgsm", "--help"], ["--source", "efficientnet_lite0", "timm:NAME", "--eps", "--steps", "--ti",
                                          "--target CLASS", "--through-purifier CKPT", "bypass_nrp.py"]),
@@ -286,8 +348,14 @@ def test_attack_transfer_usage_errors(tmp_path, photos, capsys, extra, message):
 def test_help(main, argv, words, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
-    text = capsys.readouterr().out
-    assert info.value.code == 0 and all(w in text for w in words)
+    text = " ".join(capsys.readouterr().out.split())  # help wraps lines where the terminal is narrow
+    assert info.value.code == 0 and [w for w in words if w not in text] == []
+
+
+def test_export_help_names_no_checkpoint_a_new_user_lacks(capsys):
+    with pytest.raises(SystemExit):
+        purify_main(["export", "--help"])
+    assert "NRP.pth" not in capsys.readouterr().out
 
 
 def test_options_an_attack_does_not_use_are_not_offered(capsys):
