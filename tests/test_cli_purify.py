@@ -198,21 +198,35 @@ def test_purify_export_command(tmp_path, checkpoint, capsys):
 
 
 def test_bf16_purify_and_ssp_stay_within_bf16_rounding_of_fp32(tmp_path, photos, checkpoint, capsys):
-    """--bf16 (autocast + channels_last; CPU autocast here, CUDA on a GPU) writes the same files as
-    fp32 up to bf16 rounding, and says it is on."""
+    """--bf16 (autocast; CPU autocast here, CUDA on a GPU) writes the same files as --fp32 up to bf16
+    rounding, and the start line says which ran (both channels_last)."""
     source = photos / "sub" / "b.png"
-    for flag in ([], ["--bf16"]):
-        assert purify_main([str(source), str(tmp_path / f"p{len(flag)}.png"), "--checkpoint", str(checkpoint),
-                            "--no-progress", *flag]) == 0
-        assert ("bf16;" in capsys.readouterr().err) == bool(flag)
-    fp32, bf16 = load_image(tmp_path / "p0.png"), load_image(tmp_path / "p1.png")
+    said = {"--fp32": "channels_last fp32;", "--bf16": "channels_last bf16 autocast;"}
+    for flag in said:
+        assert purify_main([str(source), str(tmp_path / f"p{flag}.png"), "--checkpoint", str(checkpoint),
+                            "--no-progress", flag]) == 0
+        assert said[flag] in capsys.readouterr().err
+    fp32, bf16 = load_image(tmp_path / "p--fp32.png"), load_image(tmp_path / "p--bf16.png")
     assert 0 < (fp32 - bf16).abs().max() <= 8 / 255  # bf16 has 8 bits of mantissa: a few levels at most
-    for flag in ([], ["--bf16"]):
-        assert attack_main(["ssp", str(source), str(tmp_path / f"a{len(flag)}.png"), "--backbone", "mobilenet_v2",
-                            "--layer", "4", "--eps", "8", "--steps", "3", "--no-progress", *flag]) == 0
-        assert ("bf16;" in capsys.readouterr().err) == bool(flag)
-    clean, adv = load_image(source), load_image(tmp_path / "a1.png")
+    for flag in said:
+        assert attack_main(["ssp", str(source), str(tmp_path / f"a{flag}.png"), "--backbone", "mobilenet_v2",
+                            "--layer", "4", "--eps", "8", "--steps", "3", "--no-progress", flag]) == 0
+        assert said[flag] in capsys.readouterr().err
+    clean, adv = load_image(source), load_image(tmp_path / "a--bf16.png")
     assert 4 / 255 < (adv - clean).abs().max() <= 8 / 255 + 0.5 / 255
+
+
+def test_the_default_precision_follows_the_hardware_and_the_flags_exclude_each_other(tmp_path, photos, checkpoint,
+                                                                                      capsys):
+    from nrp_lightning import fast_paths
+
+    source = photos / "sub" / "b.png"
+    assert purify_main([str(source), str(tmp_path / "p.png"), "--checkpoint", str(checkpoint), "--no-progress"]) == 0
+    expected = "bf16 autocast;" if fast_paths.native_bf16("cpu") else "channels_last fp32;"
+    assert expected in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        purify_main([str(source), str(tmp_path / "q.png"), "--bf16", "--fp32"])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])

