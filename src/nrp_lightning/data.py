@@ -6,7 +6,8 @@ A *source* is a sequence of images: ``len(source)``, ``source.load(i) -> (3, H, 
 * ``ImageFolder``: any folder of images, e.g. COCO ``train2017/``, optionally a random subset of
   N images (the paper's 25k);
 * ``EmbeddedImages``: the real photos that installed packages ship (scikit-image, scikit-learn,
-  matplotlib), so training runs offline.
+  matplotlib), so training runs offline;
+* ``Concat``: several sources as one (``data=real``: COCO, ImageNet and the photo corpus).
 
 ``RandomCrops`` resizes (optionally) and crops.
 Training crops draw from torch's RNG (seeded per worker and per rank by Lightning), so
@@ -130,6 +131,36 @@ class ImageFolder:
 
     def name(self, i: int) -> str:
         return str(self.paths[i].relative_to(self.root))
+
+
+class Concat:
+    """Several sources one after the other, itself a source; names are prefixed with the source's
+    index (``0/000000000009.jpg``) so that two folders' files of one name stay apart."""
+
+    def __init__(self, sources: list) -> None:
+        if not sources:
+            raise ValueError("Concat needs at least one source")
+        self.sources = list(sources)
+        self.starts = [0]
+        for source in self.sources:
+            self.starts.append(self.starts[-1] + len(source))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        k = next(k for k in range(len(self.sources)) if i < self.starts[k + 1])
+        return k, i - self.starts[k]
+
+    def load(self, i: int) -> torch.Tensor:
+        k, j = self._locate(i)
+        return self.sources[k].load(j)
+
+    def name(self, i: int) -> str:
+        k, j = self._locate(i)
+        return f"{k}/{self.sources[k].name(j)}"
 
 
 class Subset:

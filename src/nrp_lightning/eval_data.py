@@ -5,7 +5,9 @@ its own clean prediction (fooling rate). Three sources:
 
 * ``neurips_dev(root)``: the NeurIPS 2017 adversarial-competition dev set (the paper's
   "ImageNet-NeurIPS"): ``root/images/*.png`` and ``root/images.csv`` with columns ``ImageId`` and
-  ``TrueLabel`` (1..1000; 0 is background), or any folder with such a CSV;
+  ``TrueLabel`` (1..1000; 0 is background), or any folder with such a CSV; ``split="dev"`` or
+  ``"test"`` keeps one side of the fixed split ``neurips_split`` (``experiments/build_datasets.py
+  neurips`` builds the folder from a clone);
 * ``image_folder(root)``: class folders (ImageNet synsets ``n01440764``... sorted = class index,
   or integer folder names), or a flat folder without labels;
 * ``embedded()``: the photos installed packages ship (offline default), unlabelled, with a few
@@ -28,6 +30,16 @@ from nrp_lightning.data import EmbeddedImages
 from nrp_lightning.images import ImageLoadError, list_images, load_image
 
 UNKNOWN = -1
+NEURIPS_CSV = "images.csv"  # ImageId, TrueLabel (1-based) [, split], beside images/
+NEURIPS_SPLITS = ("dev", "test", "all")
+DEV_SHARE = 3  # one ImageId in DEV_SHARE is dev
+
+
+def neurips_split(image_id: str) -> str:
+    """``dev`` or ``test`` for a NeurIPS-2017 ImageId (16 hex digits), by a fixed rule on the id
+    alone, so every copy of the set (911 images here, the competition's 1000) splits the same:
+    dev when the sha256 of the id, read as a number, is divisible by 3 (about a third)."""
+    return "dev" if int(hashlib.sha256(image_id.encode()).hexdigest(), 16) % DEV_SHARE == 0 else "test"
 
 
 @dataclass
@@ -112,28 +124,42 @@ def _load_all(paths: list[Path], size: int, limit: int | None, crops: int = 1) -
     return images, kept
 
 
-def neurips_dev(root: str, size: int = 299, labels_csv: str | None = None, limit: int | None = None) -> EvalSet:
+def neurips_dev(root: str, size: int = 299, labels_csv: str | None = None, limit: int | None = None,
+                split: str = "all", crop: float = 1.0) -> EvalSet:
     """NeurIPS-2017 dev layout: ``root/images/`` (or ``root``) and a CSV with ``ImageId``,
-    ``TrueLabel`` (1-based, as in the competition; stored 0-based here)."""
+    ``TrueLabel`` (1-based, as in the competition; stored 0-based here).
+
+    ``split``: ``dev``, ``test`` (``neurips_split``) or ``all``; ``crop``: the central share of each
+    image kept before it is resized to ``size`` (0.875 is ImageNet's 256 px resize and 224 px centre
+    crop); ``limit``: the first images of the split only."""
+    if split not in NEURIPS_SPLITS:
+        raise ValueError(f"split must be one of {NEURIPS_SPLITS}, got {split!r}")
     root = Path(root).expanduser()
     image_dir = root / "images" if (root / "images").is_dir() else root
-    csv_path = Path(labels_csv) if labels_csv else next((p for p in (root / "images.csv", root / "dev_dataset.csv")
+    csv_path = Path(labels_csv) if labels_csv else next((p for p in (root / NEURIPS_CSV, root / "dev_dataset.csv")
                                                           if p.is_file()), None)
     if csv_path is None or not csv_path.is_file():
-        raise FileNotFoundError(f"no label CSV for {root}: expected {root}/images.csv (columns ImageId, TrueLabel) "
-                                "or pass labels_csv=")
+        raise FileNotFoundError(f"no label CSV for {root}: expected {root}/{NEURIPS_CSV} (columns ImageId, TrueLabel); "
+                                f"build it with experiments/build_datasets.py neurips CLONE --out {root}, or pass labels_csv=")
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"ImageId", "TrueLabel"} <= set(rows[0]):
         raise ValueError(f"{csv_path} must have columns ImageId and TrueLabel, has {list(rows[0]) if rows else 'no rows'}")
+    rows = [r for r in rows if split == "all" or neurips_split(r["ImageId"]) == split]
     by_stem = {p.stem: p for p in list_images(image_dir)}
     missing = [r["ImageId"] for r in rows if r["ImageId"] not in by_stem]
     if missing:
         raise FileNotFoundError(f"{len(missing)} images listed in {csv_path} are not in {image_dir} (first: {missing[0]})")
-    paths = [by_stem[r["ImageId"]] for r in rows]
-    images, kept = _load_all(paths, size, limit)
-    labels = torch.tensor([int(r["TrueLabel"]) - 1 for r in rows[:len(kept)]])
-    return EvalSet(torch.stack(images), labels, [p.stem for p in kept], f"NeurIPS-2017 dev layout {root} ({len(kept)} images)")
+    rows = rows[:limit] if limit else rows
+    images = []
+    for r in rows:
+        try:
+            images.append(center_square(load_image(by_stem[r["ImageId"]]), size, crop))
+        except ImageLoadError as exc:
+            raise ImageLoadError(f"{exc} (remove the file or fix it; evaluation needs every listed image)") from None
+    labels = torch.tensor([int(r["TrueLabel"]) - 1 for r in rows])
+    return EvalSet(torch.stack(images), labels, [r["ImageId"] for r in rows],
+                   f"NeurIPS-2017 dev set {root}, {split} split ({len(rows)} images, centre {crop:g} at {size} px)")
 
 
 def image_folder(root: str, size: int = 224, limit: int | None = None, crops: int = 1) -> EvalSet:
