@@ -16,6 +16,10 @@ What it measures (issue 7), always on the project's own code:
   compile time apart, fused Adam, activation checkpointing), with the loader's share of the step;
 * how the step grows with batch size, crop size and SSP steps;
 * purification throughput of the full RRDB purifier at 224 px, and one 4000x3000 photo in tiles;
+* on a CPU, the fast paths against plain NCHW fp32 (``nrp_bench/cpu_paths.py``: the shipped purifier
+  at 224 px and on a 1 MP photo, an MI-FGSM step of MobileNetV2, the CPU recipe's step; channels_last,
+  the tuned malloc and bf16, each setting in a fresh process), with GFLOP/s against this CPU's
+  measured matmul rates;
 * peak memory of each: host (peak RSS, reset per measurement through /proc/self/clear_refs) and
   device (``torch.cuda.max_memory_allocated``).
 
@@ -45,6 +49,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 import hydra  # noqa: E402
 import torch  # noqa: E402
 
+from nrp_bench.cpu_paths import bench_cpu_paths  # noqa: E402
 from nrp_bench.flops import measure_bf16_peak_tflops  # noqa: E402
 from nrp_bench.loader import jpeg_loader_batch_s, loader_batch_s  # noqa: E402
 from nrp_bench.machine import CpuLoad, device_name, log, machine_info  # noqa: E402
@@ -97,6 +102,9 @@ def run(device: torch.device, profile: Profile, save=lambda result: None) -> dic
     log(f"photo {profile.photo[1]}x{profile.photo[0]} in {profile.tile} px tiles")
     result["photo"] = purify_photo(profile.photo_model, profile.photo, profile.tile, device, bf16=cuda)
     save(result)
+    if device.type == "cpu" and profile.name != "quick":
+        result["cpu_paths"] = bench_cpu_paths(threads=torch.get_num_threads(), log=log)
+        save(result)
     result["machine"]["other_processes_cpu_share"] = load.stop()
     result["headline"] = {"device": "cpu" if device.type == "cpu" else device_name(device),
                           "step_overhead_ratio": result["step"]["step_overhead_ratio"],
@@ -118,6 +126,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--headline", choices=tuple(VARIANTS), help="the variant broken into parts and swept "
                         "(default: fast on CUDA, fp32 on CPU)")
     parser.add_argument("--no-scaling", action="store_true", help="skip the batch / crop / SSP-steps sweep")
+    parser.add_argument("--cpu-paths-only", action="store_true", help="only the CPU fast-path table "
+                        "(nrp_bench/cpu_paths.py; about 10 min on 2 cores), written to cpu_paths.json and .md")
     return parser.parse_args(argv)
 
 
@@ -144,6 +154,16 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.cpu_paths_only:
+        from nrp_bench.cpu_paths import markdown as cpu_paths_markdown
+
+        paths = {"machine": machine_info(torch.device("cpu")), **bench_cpu_paths(threads=args.threads, log=log),
+                 "bench_wall_s": None}
+        paths["bench_wall_s"] = time.perf_counter() - start
+        (out / "cpu_paths.json").write_text(json.dumps(paths, indent=2, default=str))
+        (out / "cpu_paths.md").write_text(table := cpu_paths_markdown(paths))
+        print(table)
+        return paths
     partial = out / "bench.partial.json"  # what is measured so far; removed once bench.json is written
 
     def save(result: dict) -> None:

@@ -113,3 +113,22 @@ def test_photo_tiles_leave_room_for_the_purifiers_halo(quick, full, cuda):
     nf, nb, gc = profile.photo_model
     halo = receptive_margin(RRDBPurifier(nf=nf, nb=nb, gc=gc))
     assert profile.tile >= min_tile_side(halo), (profile.name, profile.tile, halo)
+
+
+def test_cpu_paths_plan_times_bf16_only_where_native_and_on_the_cheap_case():
+    from nrp_bench.cpu_paths import CASES, SETTINGS, plan
+
+    emulated = plan(native_bf16=False)
+    assert [s for c, s in emulated if SETTINGS[s][1]] == ["cl_bf16_malloc"]  # only purify_224 gets bf16
+    assert ("purify_224", "cl_bf16_malloc") in emulated and len(plan(native_bf16=True)) == len(CASES) * len(SETTINGS)
+
+
+def test_cpu_paths_measure_reports_time_flops_faults_and_kernel_share():
+    from nrp_bench.cpu_paths import markdown, measure
+
+    r = measure("purify_224", "cl_fp32")
+    assert r["median_s"] > 0 and r["flops"] > 1e9 and r["minor_faults"] >= 0 and 0 <= r["kernel_share"] <= 1
+    row = {"case": "purify_224", "setting": "cl_fp32", **r, "gflops": 1.0, "share_fp32_peak": 0.1,
+           "share_bf16_peak": None, "speedup": 1.5}
+    table = markdown({"native_bf16": False, "matmul_peaks": {"fp32_gflops": 10.0, "bf16_gflops": 1.0}, "rows": [row]})
+    assert "| purify_224 | cl_fp32 |" in table and "1.50x" in table

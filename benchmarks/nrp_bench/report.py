@@ -93,6 +93,10 @@ def markdown(result: dict) -> str:
               f"{ph['model']['nf']}/{ph['model']['nb']}/{ph['model']['gc']} | 1 | {_f(ph['bf16'])} | {_f(ph['seconds'])} | "
               f"{_f(ph['megapixels_per_s'])} MP/s | | | {_f(ph['host_peak_mib'], 5)} | {_f(ph['device_peak_mib'], 5)} |", "",
               f"Headline: {last_line(h)}"]
+    if "cpu_paths" in result:
+        from nrp_bench.cpu_paths import markdown as cpu_paths_markdown
+
+        lines += ["", "## CPU fast paths (each setting in a fresh process)", "", cpu_paths_markdown(result["cpu_paths"])]
     return "\n".join(lines) + "\n"
 
 
