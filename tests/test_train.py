@@ -192,3 +192,16 @@ def test_attack_shares_measure_the_training_attack_against_the_authors_100_steps
     assert torch.equal(torch.get_rng_state(), state)
     assert shares["attack_share"].item() == pytest.approx(1.0)  # the same attack, the same start
     assert 0 < shares["val_attack_share"].item() < 1  # the validation SSP is a few steps only
+
+
+@pytest.mark.parametrize("global_step, per_epoch, warned", [(12, 3, False), (10, 3, True), (0, 3, False), (8, 4, False)])
+def test_a_mid_epoch_resume_says_it_is_not_bit_identical(global_step, per_epoch, warned, caplog):
+    """Iterations are global_step / 2 (two optimizers a batch): 10 -> iteration 5, 2 batches into an epoch of 3."""
+    from types import SimpleNamespace
+
+    from nrp_lightning.callbacks import ResumeNotice
+
+    ResumeNotice().on_train_start(SimpleNamespace(global_step=global_step, num_training_batches=per_epoch), None)
+    assert ("not bit-identical" in caplog.text) is warned
+    if warned:
+        assert "resumed at iteration 5, 2 batches into an epoch of 3" in caplog.text

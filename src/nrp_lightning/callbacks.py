@@ -54,6 +54,24 @@ class IterationProgressBar(TQDMProgressBar):
         self.val_progress_bar.set_description(f"validation: attack and purify {len(batch)} crops")
 
 
+class ResumeNotice(pl.Callback):
+    """Says what a resumed run reproduces. From a checkpoint at the end of an epoch of the training
+    loader the run continues bit for bit as an uninterrupted one would (the RNG states are in the
+    checkpoint; tests/test_long_runs.py checks it). From one in the middle of an epoch the loader
+    starts that epoch's crops afresh: the same distribution, but other crops than an uninterrupted
+    run, so from there on the two differ. Lightning warns about the second case too, but counts its
+    optimizer steps as batches (two a batch here), so its warning fires at the wrong checkpoints: it
+    is silenced in train.py, and this line replaces it."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        iteration, per_epoch = trainer.global_step // 2, trainer.num_training_batches
+        if iteration and per_epoch not in (0, float("inf")) and iteration % per_epoch:
+            log.warning("resumed at iteration %d, %d batches into an epoch of %d: the rest of this epoch's crops are "
+                        "drawn afresh (same distribution, other crops than an uninterrupted run), so the run is not "
+                        "bit-identical to one from here; checkpoints at epoch ends (every %d iterations) resume exactly",
+                        iteration, iteration % per_epoch, per_epoch, per_epoch)
+
+
 def sample_grid(clean: torch.Tensor, adversarial: torch.Tensor, purified: torch.Tensor, max_images: int = 8) -> torch.Tensor:
     """``(3, H', W')`` grid: rows clean / adversarial / purified, ``max_images`` columns."""
     n = min(max_images, clean.shape[0])

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 # Expected here, not problems: F is frozen in eval mode; checkpoints hold the state after the step.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
+# Lightning's mid-epoch resume warning counts optimizer steps as batches (two a batch here), so it fires at
+# the wrong checkpoints; callbacks.ResumeNotice says the same thing where it is true.
+warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
 
 class RunExistsError(RuntimeError):
