@@ -181,6 +181,9 @@ def test_page_routes(served):
     assert page.status == 200 and b"Neural Representation Purifier" in page.body
     options = json.loads(get(served + "/demo/options").body)
     assert options["victim"] == "mobilenet_v2" and set(options["attacks"]) == {"ssp", "mifgsm", "dim"}
+    defaults = options["defaults"]  # the page opens on a transfer attack: crafted on another model than the victim
+    assert defaults["source"] != options["victim"] and defaults["source"] in options["attacks"][defaults["attack"]]["sources"]
+    assert defaults["example"] in options["examples"]
     example = get(served + "/demo/examples/chelsea.png")
     assert example.status == 200 and decode_image(example.body).shape == (3, 300, 451)
     assert get(served + "/demo/examples/nope.png").status == 404

@@ -36,7 +36,19 @@ ATTACK_MAX_PIXELS = 1024 * 1024
 # distortion of the authors' 100 constant steps at 15% of the cost (attacks/ssp.py).
 SSP_STEPS = 15
 SSP_SOURCES = ("mobilenet_v2",)  # feature extractors whose ImageNet weights ship offline
-PRELOADED = (("classifier", "mobilenet_v2"), ("features", "mobilenet_v2"))
+# The page opens on a transfer attack, the threat NRP is trained against: MI-FGSM crafted on a
+# classifier other than the victim. Measured on the page's first photo (chelsea) with the shipped
+# purifier and the default victim MobileNetV2: from EfficientNet-Lite2 at 8/255 the victim's
+# "Egyptian cat" (75.8%) becomes "tiger cat" (51.9%) and the purified image is an "Egyptian cat"
+# (78.0%) again; at 16/255 none of the offline sources' MI-FGSM or DIM that fooled it was undone
+# (the grid is in docs/serve.md).
+PAGE_EXAMPLE, PAGE_ATTACK, PAGE_EPS = "chelsea", "mifgsm", 8
+TRANSFER_SOURCES = ("efficientnet_lite2", "efficientnet_lite0")  # the page's source: the first that is not the victim
+
+
+def page_source(victim: str) -> str:
+    """The page's default source model for ``victim``: a transfer attack, never the victim itself."""
+    return next(name for name in TRANSFER_SOURCES if name != victim)
 
 
 @dataclass
@@ -202,8 +214,11 @@ class AttackAPI(ImageAPI):
     """``POST /attack`` (demo page): an image -> an adversarial PNG within ``eps``/255, by SSP on a
     feature extractor or by MI-FGSM / DIM (untargeted, 10 steps) on a source classifier. One at a time."""
 
-    def __init__(self, max_pixels: int = ATTACK_MAX_PIXELS, **kwargs) -> None:
+    def __init__(self, victim: str, max_pixels: int = ATTACK_MAX_PIXELS, **kwargs) -> None:
         super().__init__("/attack", min(max_pixels, ATTACK_MAX_PIXELS), **kwargs)
+        # what the page's first clicks use (its default source, the victim for the white-box case,
+        # SSP's features): loaded at setup, so that no first attack waits for them
+        self.preload = (("classifier", page_source(victim)), ("classifier", victim), ("features", SSP_SOURCES[0]))
 
     def decode_request(self, request: AttackRequest) -> Job | RequestError:
         return self.decode(request)
@@ -211,7 +226,7 @@ class AttackAPI(ImageAPI):
     def setup(self, device: str) -> None:
         super().setup(device)
         self.models: dict[tuple[str, str], nn.Module] = {}
-        for kind, name in PRELOADED:  # the page's defaults: the first attack should not wait for them
+        for kind, name in self.preload:
             self.model(kind, name)
 
     def model(self, kind: str, name: str) -> nn.Module:

@@ -114,7 +114,7 @@ def build_server(args: argparse.Namespace, max_memory: int | None, page: bool):
             PredictAPI(args.checkpoint, args.classifier, args.max_pixels, max_memory=max_memory, threads=threads,
                        **batching)]
     if page:
-        apis.append(AttackAPI(args.max_pixels, threads=threads))
+        apis.append(AttackAPI(args.classifier, args.max_pixels, threads=threads))
     schemas = {api.api_path: api.schema for api in apis}
     workers = {api.api_path: 1 if isinstance(api, AttackAPI) else args.workers_per_device for api in apis}
     server = ls.LitServer(apis, accelerator=args.accelerator, workers_per_device=workers, timeout=args.timeout,
@@ -142,17 +142,20 @@ def add_page_routes(app, classifier: str, checkpoint: str | None) -> None:
 
     from nrp_lightning.data import EMBEDDED_PHOTOS
     from nrp_lightning.models.classifiers import OFFLINE_MODELS
-    from nrp_lightning.serve.apis import SSP_SOURCES, SSP_STEPS
+    from nrp_lightning.serve.apis import PAGE_ATTACK, PAGE_EPS, PAGE_EXAMPLE, SSP_SOURCES, SSP_STEPS, page_source
 
+    classifiers = list(OFFLINE_MODELS) + ([classifier] if classifier not in OFFLINE_MODELS else [])  # white-box too
     options = {
         "victim": classifier,
-        "purifier": checkpoint or "the purifier shipped with nrp-lightning (nrp_cpu.pth)",
-        "attacks": {"mifgsm": {"name": "MI-FGSM", "sources": list(OFFLINE_MODELS),
+        "purifier": checkpoint or "nrp_cpu.pth, shipped with nrp-lightning",
+        "attacks": {"mifgsm": {"name": "MI-FGSM", "sources": classifiers,
                                "about": "10 momentum steps on the source classifier's cross-entropy"},
-                    "dim": {"name": "DIM", "sources": list(OFFLINE_MODELS),
+                    "dim": {"name": "DIM", "sources": classifiers,
                             "about": "MI-FGSM on randomly resized and padded inputs"},
                     "ssp": {"name": "SSP", "sources": list(SSP_SOURCES),
                             "about": f"label-free: {SSP_STEPS} steps distorting the source's features"}},
+        "defaults": {"example": PAGE_EXAMPLE, "attack": PAGE_ATTACK, "source": page_source(classifier),
+                     "eps": PAGE_EPS},
         "examples": list(EMBEDDED_PHOTOS),
     }
 
