@@ -59,7 +59,7 @@ def help_groups(help_text: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("config_name, groups, group, options", [
-    ("train", TRAINING_GROUPS, "experiment", "demo, nrp_cpu, nrp_full"),
+    ("train", TRAINING_GROUPS, "experiment", "demo, nrp_cpu, nrp_full, nrp_real"),
     ("cross_task", {"tasks"}, "tasks", "table2_detection, table2_segmentation, table4"),
 ])
 def test_help_lists_only_the_groups_of_its_own_app(config_name, groups, group, options, tmp_path):

@@ -22,6 +22,7 @@ from fastapi import Response
 from fastapi.responses import JSONResponse
 from torch import nn
 
+from nrp_lightning import fast_paths
 from nrp_lightning.images import png_bytes
 from nrp_lightning.purify import dynamic_perturb, load_purifier, purify_images
 from nrp_lightning.serve.protocol import (AttackRequest, ImageRequest, PredictRequest, PurifyRequest, RequestError,
@@ -84,6 +85,7 @@ class ImageAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         in_worker_process()  # dies with the main process, leaves Ctrl-C to it
+        fast_paths.tune_allocator()  # a worker process of its own: malloc keeps large activations' memory
         if self.threads:
             torch.set_num_threads(self.threads)
         self.torch_device = torch.device(device)
