@@ -71,6 +71,17 @@ def defenses_from_config(node: DictConfig | None) -> dict[str, Defense]:
     return defenses
 
 
+def candidates_from_config(node: DictConfig | None, defenses: DictConfig | None) -> dict[str, Defense]:
+    """``cfg.candidates`` (label -> purifier file): each a plain NRP defence beside the preset's
+    own, e.g. ``+candidates.NRP_B=outputs/RUN/purifier.pth``; a label may not repeat a defence's."""
+    from nrp_lightning.defenses import load_nrp
+
+    clash = sorted(set(node or {}) & set(defenses or {}))
+    if clash:
+        raise ValueError(f"candidates {clash} have the labels of the preset's defences; name them apart")
+    return {label: load_nrp(str(path)) for label, path in (node or {}).items() if path is not None}
+
+
 def check_entries(cfg: DictConfig) -> None:
     """Fail before any work where an entry of a group has no ``_target_``: a preset tuned it (the
     offline preset sets ``adaptive.BPDA.eot_samples``) while the chosen option left it out
@@ -88,12 +99,15 @@ def grid_from_config(cfg: DictConfig, bf16: bool = False) -> Grid:
 
     check_entries(cfg)
     built = {k: instantiate(cfg[k], _convert_="all") for k in ("data", "sources", "attacks", "victims", "adaptive")}
-    return Grid(data=built["data"], sources=dict(built["sources"] or {}), attacks=dict(built["attacks"]),
-                defenses=defenses_from_config(cfg.defenses), victims=dict(built["victims"]),
-                defended_victims=list(cfg.defended_victims) if cfg.defended_victims else None,
-                adaptive=dict(built["adaptive"] or {}), eps_sweep=list(cfg.eps_sweep or []),
+    named = {k: {name: obj for name, obj in (built[k] or {}).items() if obj is not None}  # null drops an entry
+             for k in ("sources", "attacks", "victims", "adaptive")}
+    return Grid(data=built["data"], sources=named["sources"], attacks=named["attacks"],
+                defenses={**defenses_from_config(cfg.defenses), **candidates_from_config(cfg.get("candidates"), cfg.defenses)},
+                victims=named["victims"], defended_victims=list(cfg.defended_victims) if cfg.defended_victims else None,
+                adaptive=named["adaptive"], eps_sweep=list(cfg.eps_sweep or []),
                 sweep_attack=cfg.sweep_attack, sweep_source=cfg.sweep_source, batch_size=cfg.batch_size, seed=cfg.seed,
-                confident_threshold=cfg.confident_threshold, targets=cfg.targets, bf16=bf16)
+                confident_threshold=cfg.confident_threshold, targets=cfg.targets, bf16=bf16,
+                paired_with=list(cfg.get("paired_with") or []), paper_table1=bool(cfg.get("paper_table1", False)))
 
 
 def evaluate(cfg: DictConfig, out_dir: str | os.PathLike) -> Path:

@@ -12,7 +12,13 @@ on clean images, the share of the victim's clean top-1 predictions it changes an
 defence, PSNR(D(x), x); a targeted attack (``targeted=True``) aims each image at a class of
 ``Grid.targets`` and its success rate is the share the victim classifies as that class; every scored row also holds top-1 on the victim's *confident subset*,
 the images whose clean top-1 softmax probability is at least ``confident_threshold`` (abstract
-or near-constant crops flip under any change; DESIGN.md section 4).
+or near-constant crops flip under any change).
+
+On labelled data every row also holds, image by image, whether the victim's top-1 is right
+(``correct``, a string of ``0``/``1`` in the data's order, so that two defences can be compared
+image for image with the exact McNemar test: ``tables.paired_table``), and the attack success rate
+among the images the undefended victim classifies right when clean (``success_clean_correct`` over
+``n_clean_correct`` images), the other way the literature reports success.
 """
 from __future__ import annotations
 
@@ -42,8 +48,9 @@ FIDELITY = "fidelity"  # row kind: PSNR of a defence's output on the clean image
 CONFIDENT_THRESHOLD = 0.3  # clean top-1 probability of the confident subset (JPEG q75 flips <10% there)
 ROW_FIELDS = ["kind", "source", "attack", "eps", "defense", "victim", "n", "reference", "targeted", "top1", "top5",
               "success_rate",
-              "changed", "confident_threshold", "n_confident", "top1_confident", "changed_confident", "psnr_mean",
-              "psnr_min", "key"]  # every field a row of results.jsonl may have (rows of older runs lack some)
+              "changed", "confident_threshold", "n_confident", "top1_confident", "changed_confident",
+              "n_clean_correct", "success_clean_correct", "psnr_mean", "psnr_min", "correct",
+              "key"]  # every field a row of results.jsonl may have (rows of older runs lack some)
 
 
 @dataclass
@@ -92,6 +99,9 @@ class Grid:
             ImageNet class index for every image.
         bf16: craft, defend and classify under bf16 autocast (``fast_paths.use_bf16``); its sets
             and rows are cached apart from fp32's. Every network runs channels_last either way.
+        paired_with: defences every other defence is compared with image for image in the report
+            (exact McNemar on the per-image top-1 outcomes of labelled data), e.g. ``["JPEG"]``.
+        paper_table1: add the paper's own Table 1 rows (NRP and JPEG on IncRes-v2ens) to the report.
     """
 
     data: EvalSet
@@ -109,6 +119,8 @@ class Grid:
     confident_threshold: float = CONFIDENT_THRESHOLD
     targets: str | int = "random"
     bf16: bool = False
+    paired_with: list[str] = field(default_factory=list)
+    paper_table1: bool = False
 
     def fingerprint(self) -> str:
         """The data's fingerprint, and the precision when not fp32: part of every cache key."""
@@ -133,6 +145,9 @@ class Grid:
                 raise ValueError(f"sweep_source {self.sweep_source!r} is not among the sources {list(self.sources)}")
         for label, defense in self.defenses.items():
             defense.label = label
+        unknown = [d for d in self.paired_with if d not in self.defenses]
+        if unknown:
+            raise ValueError(f"paired_with names defences that are not in the grid: {unknown} (have {list(self.defenses)})")
 
 
 def adv_sets(grid: Grid) -> list[tuple[str, str, Any, nn.Module | None, bool]]:
@@ -178,14 +193,20 @@ def draw_targets(targets: str | int, avoid: torch.Tensor, seed: int) -> torch.Te
     return out
 
 
-@torch.no_grad()
 def predict(victim: nn.Module, defense: Defense, x_uint8: torch.Tensor, batch_size: int,
             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-5 classes ``(N, 5)`` of ``victim(defense(x))`` for uint8 images ``(N,3,S,S)``, and the
     softmax probability ``(N,)`` of the top-1 class."""
+    return classify(victim, defend(defense, x_uint8, batch_size, device), batch_size, device)
+
+
+@torch.no_grad()
+def classify(victim: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-5 classes ``(N, 5)`` of ``victim(x)`` for images ``(N,3,S,S)`` in [0,1] (already defended),
+    and the softmax probability ``(N,)`` of the top-1 class."""
     top5, top1_prob = [], []
-    for i in range(0, len(x_uint8), batch_size):
-        logits = victim(defense(from_uint8(x_uint8[i:i + batch_size]).to(device)))
+    for i in range(0, len(x), batch_size):
+        logits = victim(x[i:i + batch_size].to(device))
         top5.append(logits.topk(5, dim=1).indices.cpu())
         top1_prob.append(logits.softmax(1).amax(1).cpu())
     return torch.cat(top5), torch.cat(top1_prob)
@@ -268,6 +289,7 @@ def _run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLi
     reference = {v: (data.labels if data.labelled else clean_top1[v]) for v in grid.victims}
     confident = {v: prob >= grid.confident_threshold for v, (_, prob) in clean.items()}
     label_kind = "true label" if data.labelled else "clean prediction"
+    clean_correct = {v: clean_top1[v] == data.labels for v in grid.victims} if data.labelled else {}
     targets = draw_targets(grid.targets, torch.stack([data.labels, *clean_top1.values()], 1), grid.seed)
 
     def defenses_for(victim: str) -> list[str]:
@@ -290,18 +312,46 @@ def _run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLi
             fields.update(changed=percent(changed), changed_confident=percent(changed[mask]))
         return fields
 
-    def score_cell(adv_key: str, x_adv: torch.Tensor, meta: dict, victim: str, d_name: str) -> None:
-        key = cache_key(adv_key, d_name, repr(grid.defenses[d_name]), victim, grid.seed)
-        row = store.rows.get(key)
-        if row is None or row.get("confident_threshold") != grid.confident_threshold:  # rows of older runs too
-            torch.manual_seed(int(key[:8], 16))  # randomised defences: reproducible draws per cell
-            top5, _ = predict(grid.victims[victim], grid.defenses[d_name], x_adv, grid.batch_size, device)
-            scores = score(top5, reference[victim])
-            if meta.get("targeted"):  # success: the victim predicts the target class
-                scores["success_rate"] = percent(top5[:, 0] == targets)
-            store.add({"key": key, **meta, "defense": d_name, "victim": victim, "n": len(x_adv), "reference": label_kind,
-                       **scores, **confident_scores(top5, victim, meta["kind"])})
-        bar.update(1)
+    def labelled_scores(top5: torch.Tensor, victim: str, targeted: bool) -> dict:
+        """Per-image outcomes and (untargeted) the success rate among the images the victim gets
+        right clean; nothing on unlabelled data."""
+        if not data.labelled:
+            return {}
+        right = top5[:, 0] == data.labels
+        fields = {"correct": "".join("1" if r else "0" for r in right.tolist())}
+        if not targeted:
+            mask = clean_correct[victim]
+            fields.update(n_clean_correct=int(mask.sum()), success_clean_correct=percent(~right[mask]))
+        return fields
+
+    def score_cells(adv_key: str, x_adv: torch.Tensor, meta: dict, d_name: str, victims: list[str]) -> None:
+        """Score ``victims`` behind defence ``d_name`` on one set; the set is defended once for all of
+        them (a purifier pass over a few hundred images takes minutes on a CPU), seeded per (set,
+        defence) so that randomised defences draw reproducibly."""
+        keys = {v: cache_key(adv_key, d_name, repr(grid.defenses[d_name]), v, grid.seed) for v in victims}
+        todo = [v for v in victims if stale(store.rows.get(keys[v]))]
+        if todo:
+            bar.set_postfix_str(f"{meta['attack']} ({meta['source']}) behind {d_name}", refresh=True)
+            torch.manual_seed(int(cache_key(adv_key, d_name, repr(grid.defenses[d_name]), grid.seed)[:8], 16))
+            defended = defend(grid.defenses[d_name], x_adv, grid.batch_size, device)
+            for victim in todo:
+                top5, _ = classify(grid.victims[victim], defended, grid.batch_size, device)
+                scores = score(top5, reference[victim])
+                if meta.get("targeted"):  # success: the victim predicts the target class
+                    scores["success_rate"] = percent(top5[:, 0] == targets)
+                store.add({"key": keys[victim], **meta, "defense": d_name, "victim": victim, "n": len(x_adv),
+                           "reference": label_kind, **scores, **confident_scores(top5, victim, meta["kind"]),
+                           **labelled_scores(top5, victim, bool(meta.get("targeted")))})
+        bar.update(len(victims))
+
+    def stale(row: dict | None) -> bool:
+        """No row yet, or one of an older run that lacks what this grid records."""
+        return row is None or row.get("confident_threshold") != grid.confident_threshold or (
+            data.labelled and "correct" not in row)
+
+    def score_set(adv_key: str, x_adv: torch.Tensor, meta: dict) -> None:
+        for d_name in grid.defenses:
+            score_cells(adv_key, x_adv, meta, d_name, [v for v in grid.victims if d_name in defenses_for(v)])
 
     # Fidelity: PSNR(D(x), x) on the clean images, once per defence (seeded as the cells are).
     for d_name in fidelity_jobs:
@@ -316,10 +366,7 @@ def _run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLi
         bar.update(1)
 
     # Clean accuracy of every victim (behind every defence where it is defended).
-    for victim in grid.victims:
-        for d_name in defenses_for(victim):
-            score_cell(cache_key(CLEAN, fingerprint), x_clean,
-                       {"kind": CLEAN, "source": "-", "attack": CLEAN, "eps": 0.0}, victim, d_name)
+    score_set(cache_key(CLEAN, fingerprint), x_clean, {"kind": CLEAN, "source": "-", "attack": CLEAN, "eps": 0.0})
 
     # Transfer (black-box) attacks.
     for s_name, a_name, attack, model, in_tables in sets:
@@ -340,9 +387,7 @@ def _run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLi
         meta = {"kind": "transfer" if in_tables else "sweep", "source": s_name, "attack": a_name, "eps": float(attack.eps)}
         if is_targeted(attack):
             meta["targeted"] = True
-        for victim in grid.victims:
-            for d_name in defenses_for(victim):
-                score_cell(key, x_adv, meta, victim, d_name)
+        score_set(key, x_adv, meta)
 
     # Adaptive (white-box through the defence) attacks on each defended victim.
     for a_name, d_name, victim in adaptive_jobs:
@@ -354,7 +399,7 @@ def _run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLi
             x_adv = craft(adaptive, grid.victims[victim], x_clean, reference[victim], grid.batch_size, device,
                           grid.seed, progress=f"{a_name} through {d_name}" if progress else None, defense=defense)
             cache.put(key, x_adv)
-        score_cell(key, x_adv, {"kind": "adaptive", "source": f"{victim} (white-box)", "attack": adaptive.label(defense),
-                                "eps": float(adaptive.attack.eps)}, victim, d_name)
+        score_cells(key, x_adv, {"kind": "adaptive", "source": f"{victim} (white-box)", "attack": adaptive.label(defense),
+                                 "eps": float(adaptive.attack.eps)}, d_name, [victim])
     bar.close()
     return list(store.rows.values())

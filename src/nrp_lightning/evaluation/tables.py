@@ -3,7 +3,10 @@ Table 3 (adaptive attacks), the clean-image cost of each defence, the same on ea
 confident subset, and ``write_reports``, which writes them with the CSV and the figures.
 
 Every rate is shown with its 95% Wilson interval over the images it counts: ``72.0 [55.1, 84.2]``.
-Rows of older runs that lack a field show ``-`` there (rerunning the grid fills them in).
+On labelled data, two defences are compared image for image (``paired_table``: the exact McNemar
+test on the images only one of them classifies right), and the paper's own Table 1 rows can be
+printed beside ours (``paper_table1``). Rows of older runs that lack a field show ``-`` there
+(rerunning the grid fills them in).
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from nrp_lightning.evaluation.grid import CLEAN, FIDELITY, NO_DEFENSE, ROW_FIELDS, Grid, adv_sets
-from nrp_lightning.evaluation.metrics import successes, wilson_interval
+from nrp_lightning.evaluation import paper
+from nrp_lightning.evaluation.metrics import mcnemar_exact, successes, wilson_interval
 from nrp_lightning.evaluation.plots import plot_accuracy_vs_eps, sample_grid
 
 MISSING = "-"
@@ -36,7 +40,8 @@ def rate_cell(row: dict | None, metric: str) -> str:
         value = None if top1 is None else round(100.0 - top1, 2)
     else:
         value = row.get(metric)
-    n = row.get("n_confident" if metric.endswith("_confident") else "n")
+    n = row.get({"success_clean_correct": "n_clean_correct"}.get(metric, "n_confident" if metric.endswith("_confident")
+                                                                   else "n"))
     if value is None or not n:
         return MISSING
     low, high = wilson_interval(successes(value, n), n)
@@ -71,7 +76,8 @@ def table1(rows: list[dict], grid: Grid, victim: str, metric: str = "success_rat
             cells = [rate_cell(idx.get(("transfer", s_name, a, d_name, victim)), metric) if a in a_names else MISSING
                      for a in attacks]
             body.append([s_name, d_name, *clean, *cells])
-    return md_table(["Source", "Defence", *(["clean top-1 changed"] if clean_metric else []), *attacks], body)
+    clean_header = {"top1": "clean", "success_clean_correct": "clean (made wrong)"}.get(clean_metric, "clean top-1 changed")
+    return md_table(["Source", "Defence", *([clean_header] if clean_metric else []), *attacks], body)
 
 
 def table5(rows: list[dict], grid: Grid) -> str:
@@ -121,6 +127,40 @@ def fidelity_table(rows: list[dict], grid: Grid) -> str:
     return md_table(header, body)
 
 
+def paired_cell(row: dict | None, ref: dict | None) -> str:
+    """``row`` against ``ref`` (same images, same victim) image for image: the top-1 difference in
+    points, then ``b/c`` (images only ``row``'s defence gets right / only ``ref``'s) and the exact
+    McNemar p, e.g. ``+4.2 (19/6, p=0.015)``; ``-`` where either lacks per-image outcomes."""
+    if not row or not ref or "correct" not in row or "correct" not in ref or len(row["correct"]) != len(ref["correct"]):
+        return MISSING
+    pairs = list(zip(row["correct"], ref["correct"]))
+    b, c = pairs.count(("1", "0")), pairs.count(("0", "1"))
+    return f"{100.0 * (b - c) / len(pairs):+.1f} ({b}/{c}, p={mcnemar_exact(b, c):.2g})"
+
+
+def paired_table(rows: list[dict], grid: Grid, victim: str, reference: str, skip: tuple[str, ...] = ()) -> str:
+    """Every defence but ``skip`` against ``reference`` on ``victim``, image for image: a row per
+    defence, a column for the clean images and each (source, attack) set, each a ``paired_cell``."""
+    idx = _lookup(rows)
+    cells = [(CLEAN, "-", CLEAN)] + [("transfer", s, a) for s, a_names in _sources_of(grid).items() for a in a_names]
+    body = []
+    for d_name in grid.defenses:
+        if d_name != reference and d_name not in skip:
+            body.append([d_name, *(paired_cell(idx.get((k, s, a, d_name, victim)), idx.get((k, s, a, reference, victim)))
+                                   for k, s, a in cells)])
+    return md_table(["Defence", *(a if k == CLEAN else f"{a} ({s})" for k, s, a in cells)], body)
+
+
+def paper_table1() -> str:
+    """The paper's Table 1 rows for JPEG and NRP (attack success rate %, IncRes-v2ens)."""
+    body = [[source, d_name, *values] for source, by_defense in paper.TABLE1.items() for d_name, values in by_defense.items()]
+    clean = ", ".join(f"{k} {v}" for k, v in paper.TABLE2_CLEAN.items())
+    return (f"From the paper (Table 1; clean top-1 of {paper.TABLE1_VICTIM} from its Table 2: {clean}). Other models "
+            "than ours: Inception sources and victim, the authors' purifier trained on COCO on a GPU; a scale to read "
+            "our rows against, not a like-for-like comparison.\n\n"
+            + md_table(["Source", "Defence", *paper.TABLE1_ATTACKS], body))
+
+
 def missing_adaptive(rows: list[dict], grid: Grid) -> list[str]:
     """Defences with no adaptive-attack row on some defended victim."""
     have = {(r["defense"], r["victim"]) for r in rows if r["kind"] == "adaptive"}
@@ -160,10 +200,21 @@ def write_reports(rows: list[dict], grid: Grid, out_dir: Path, cache_dir: Path, 
         parts.append(_confident_heading(rows, grid, victim) + "\n\n"
                      + table1(rows, grid, victim, "success_confident", clean_metric="changed_confident"))
         parts.append(f"## Top-1 accuracy (%) of {victim} behind each defence (Fig. 5 layout)\n\n"
-                     + table1(rows, grid, victim, "top1"))
+                     + table1(rows, grid, victim, "top1", clean_metric="top1"))
+        if grid.data.labelled:
+            parts.append(f"## Attack success rate (%) on {victim} among the images it classifies right when clean"
+                         f"\n\nThe first column: the share of those images that the defence alone makes wrong.\n\n"
+                         + table1(rows, grid, victim, "success_clean_correct", clean_metric="success_clean_correct"))
+            for i, reference in enumerate(grid.paired_with):
+                parts.append(f"## Paired against {reference} on {victim}, image for image\n\nEach cell: top-1 of the "
+                             f"defence minus top-1 behind {reference} (points), then b/c = images only the defence / "
+                             f"only {reference} classifies right, and the exact McNemar p-value (two-sided).\n\n"
+                             + paired_table(rows, grid, victim, reference, skip=tuple(grid.paired_with[:i])))
         if grid.adaptive:
             parts.append(f"## Adaptive attacks on {victim}: success rate (%) through each defence\n\n"
                          + adaptive_table(rows, grid, victim))
+    if grid.paper_table1:
+        parts.append("## The paper's Table 1 (JPEG and NRP rows)\n\n" + paper_table1())
     parts.append("## Table 5 layout: top-1 / top-5 (%) of undefended victims ('*' = white-box)\n\n" + table5(rows, grid))
     if plot_accuracy_vs_eps(rows, grid, out_dir / "accuracy_vs_eps.png"):
         parts.append("![accuracy vs eps](accuracy_vs_eps.png)")
