@@ -13,6 +13,7 @@ script says to calibrate it on the shipped file.
 
     python experiments/calibrate_gate.py outputs/RUN/purifier.pth --write   # gate beside the run
     python experiments/ship_purifier.py outputs/RUN --eval outputs/eval/heldout
+    nrp-purify export hub/nrp_cpu   # then its Hugging Face Hub folder, model card from the card
 """
 from __future__ import annotations
 

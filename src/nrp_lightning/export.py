@@ -4,7 +4,9 @@ The exported graph is ``purify``: ``(B, 3, H, W)`` RGB in [0, 1] -> purified, cl
 Batch, height and width are dynamic. ONNX uses opset ``ONNX_OPSET`` (18; onnxruntime >= 1.14),
 input ``images``, output ``purified``, and is produced by the ``torch.export``-based exporter
 (needs ``onnx`` and ``onnxscript``: ``pip install nrp-lightning[export]``). The exported graph does
-not tile: feed images that fit in memory, or tile outside it.
+not tile: feed images that fit in memory, or tile outside it. ``export_purifier`` also writes the
+weights themselves, for this package and others that read them: ``*.safetensors`` and the Hugging
+Face Hub folder layout (``hub.py``).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 ONNX_OPSET = 18
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "safetensors", "hub")
 EXAMPLE_SIZE = (1, 3, 64, 64)  # the trace input; any size works afterwards
 
 
@@ -33,13 +35,19 @@ class ClampedPurifier(nn.Module):
 
 
 def format_for(path: str | os.PathLike) -> str:
-    """``onnx`` for ``*.onnx``, ``torchscript`` for ``*.pt``/``*.ts``/``*.torchscript``."""
+    """``onnx`` for ``*.onnx``, ``torchscript`` for ``*.pt``/``*.ts``/``*.torchscript``,
+    ``safetensors`` for ``*.safetensors``, ``hub`` for a name without a suffix (a folder)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".onnx":
         return "onnx"
     if suffix in (".pt", ".ts", ".torchscript"):
         return "torchscript"
-    raise ValueError(f"cannot tell the export format from {path}: name it *.onnx or *.pt (TorchScript)")
+    if suffix == ".safetensors":
+        return "safetensors"
+    if not suffix:
+        return "hub"
+    raise ValueError(f"cannot tell the export format from {path}: name it *.onnx, *.pt (TorchScript), "
+                     "*.safetensors, or a folder without a suffix (Hugging Face Hub layout)")
 
 
 def _cpu_fp32_copy(purifier: nn.Module) -> nn.Module:
@@ -80,8 +88,13 @@ def export_onnx(purifier: nn.Module, path: str | os.PathLike, opset: int = ONNX_
 
 
 def export_purifier(purifier: nn.Module, path: str | os.PathLike, fmt: str | None = None) -> Path:
-    """Export to ``path`` as ``fmt`` (``onnx`` or ``torchscript``; default: from the file name)."""
+    """Export to ``path`` as ``fmt`` (one of ``FORMATS``; default: from the file name). ``safetensors``
+    and ``hub`` store the weights (and ``purifier.card``) as they are, not the clamped graph."""
     fmt = fmt or format_for(path)
+    if fmt in ("safetensors", "hub"):
+        from nrp_lightning.hub import save_safetensors, write_hub_folder
+
+        return save_safetensors(purifier, path) if fmt == "safetensors" else write_hub_folder(purifier, path)
     if fmt == "onnx":
         return export_onnx(purifier, path)
     if fmt == "torchscript":

@@ -1,12 +1,16 @@
 """Purification as a drop-in defence: load any purifier checkpoint, wrap any vision model.
 
 ``load_purifier(path)`` reads the authors' ``NRP.pth`` (RRDB) and ``NRP_resG.pth`` (ResNet), our
-exported state dicts and our Lightning ``.ckpt`` files (always ``weights_only=True``), detects the
-architecture from the keys and its size from the shapes. ``PurifiedModel(purifier, model)`` puts
-purification (optionally dynamic, optionally tiled) in front of a classifier, detector or segmenter.
+exported state dicts and our Lightning ``.ckpt`` files (always ``weights_only=True``), the same
+state dict as ``*.safetensors``, a folder in the Hugging Face Hub layout (``model.safetensors``,
+``config.json``, ``README.md``; written by ``hub.write_hub_folder``) and ``hf:ORG/NAME`` (that
+folder on the Hub, through its cache). It detects the architecture from the keys and its size from
+the shapes. ``PurifiedModel(purifier, model)`` puts purification (optionally dynamic, optionally
+tiled) in front of a classifier, detector or segmenter.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
@@ -21,7 +25,8 @@ from nrp_lightning.attacks.ssp import project_linf
 from nrp_lightning.models.features import Normalize
 from nrp_lightning.models.purifier import INPUT_SKIP_KEY, ResNetPurifier, RRDBPurifier
 from nrp_lightning.tiling import purify_tiled
-from nrp_lightning.weights import WeightsNotFoundError, load_state_dict
+from nrp_lightning.weights import (SAFETENSORS_SUFFIX, WeightsNotFoundError, hf_snapshot, load_state_dict,
+                                   safetensors_metadata)
 
 # Dynamic inference (DESIGN.md): x_m = clip(clip(x + SIGMA * N(0,1), x - EPS, x + EPS), 0, 1).
 DYNAMIC_SIGMA = 0.05  # std of the Gaussian noise, [0, 1] units
@@ -35,7 +40,15 @@ LIGHTNING_PREFIXES = ("purifier._orig_mod.", "purifier.")
 DEFAULT_PURIFIER = Path(__file__).parent / "pretrained" / "nrp_cpu.pth"
 EXPECTED = ("expected a purifier: the authors' NRP.pth (RRDB keys conv_first.*, RRDB_trunk.{i}.RDB{1,2,3}."
             "conv{1..5}.*, trunk_conv.*) or NRP_resG.pth (ResNet keys conv_first.*, recon_trunk.{i}.conv{1,2}.*, "
-            "conv_last.*), a state dict exported by nrp-train, or an nrp-train Lightning .ckpt")
+            "conv_last.*), a state dict exported by nrp-train (.pth or .safetensors), an nrp-train Lightning "
+            ".ckpt, a Hub folder (model.safetensors, config.json) or hf:ORG/NAME")
+# The Hugging Face Hub layout of a purifier: the weights, their architecture, a model card, and the
+# purifier's own card (``CARD_KEY``) beside the weights, where every loader of a card looks for it.
+HF_PREFIX = "hf:"
+HUB_WEIGHTS, HUB_CONFIG, HUB_README = "model.safetensors", "config.json", "README.md"
+HUB_CARD = "model.json"
+HUB_FILES = (HUB_WEIGHTS, HUB_CONFIG, HUB_README, HUB_CARD)
+CARD_KEY = "nrp_card"  # the card (training command, corpus, measurements, gate) in a safetensors header
 
 
 class PurifierLoadError(ValueError):
@@ -126,6 +139,52 @@ def detect_purifier(state: dict[str, torch.Tensor], source: str = "state dict") 
     raise PurifierLoadError(f"{source} is {_describe_keys(state)}; {EXPECTED}")
 
 
+def resolve_purifier_file(path: str | os.PathLike) -> Path:
+    """The weights file ``path`` names: ``hf:ORG/NAME[@REVISION]`` -> the ``model.safetensors`` of
+    its snapshot in the Hub's cache (downloaded when online), a folder -> its ``model.safetensors``,
+    anything else -> itself."""
+    if str(path).startswith(HF_PREFIX):
+        try:
+            path = hf_snapshot(str(path)[len(HF_PREFIX):], HUB_FILES)
+        except WeightsNotFoundError as exc:
+            raise PurifierLoadError(str(exc)) from None
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if not (path / HUB_WEIGHTS).is_file():
+        raise PurifierLoadError(f"{path} is a folder without {HUB_WEIGHTS}: a purifier folder holds {HUB_WEIGHTS}, "
+                                f"{HUB_CONFIG} and {HUB_README} (nrp-purify export CHECKPOINT {path} --format hub)")
+    return path / HUB_WEIGHTS
+
+
+def _check_hub_config(path: Path, spec: PurifierSpec) -> None:
+    """A Hub folder's ``config.json`` must describe the architecture its weights have."""
+    config_path = path.parent / HUB_CONFIG
+    if path.name != HUB_WEIGHTS or not config_path.is_file():
+        return
+    try:
+        config = json.loads(config_path.read_text())
+        said = PurifierSpec(config["arch"], config["nf"], config["nb"], config.get("gc"), config.get("input_skip", False))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise PurifierLoadError(f"{config_path} is not a purifier config (arch, nf, nb, gc, input_skip): {exc!r}") from None
+    if said != spec:
+        raise PurifierLoadError(f"{config_path} says {said} but {path} holds a {spec}; export the folder again")
+
+
+def purifier_card(path: Path) -> dict[str, Any] | None:
+    """The card of a purifier file (training command, corpus, measurements, gate): the ``CARD_KEY``
+    metadata of a ``*.safetensors`` file, else the JSON beside the file (``nrp_cpu.pth`` ->
+    ``nrp_cpu.json``, ``model.safetensors`` -> ``model.json``); None without one."""
+    if path.suffix == SAFETENSORS_SUFFIX and (text := safetensors_metadata(path).get(CARD_KEY)):
+        return json.loads(text)
+    sidecar = path.with_suffix(".json")
+    try:
+        card = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+    except json.JSONDecodeError:
+        return None
+    return card if isinstance(card, dict) else None
+
+
 def _load_file(path: Path) -> dict[str, Any]:
     """``weights.load_state_dict`` with errors that say what the file is instead."""
     try:
@@ -135,7 +194,9 @@ def _load_file(path: Path) -> dict[str, Any]:
     except ValueError as exc:
         with open(path, "rb") as f:
             magic = f.read(4)
-        if exc.__cause__ is None:  # it loaded, but is not a dict
+        if path.suffix == SAFETENSORS_SUFFIX:
+            what = f"not a safetensors file ({str(exc.__cause__).splitlines()[0][:100]})"
+        elif exc.__cause__ is None:  # it loaded, but is not a dict
             what = "a PyTorch file holding " + str(exc).split(" holds ", 1)[1].split(",")[0]
         elif magic.startswith(b"PK") or magic[:1] == b"\x80":  # torch zip archive or legacy pickle
             what = ("a PyTorch file that weights_only=True refuses (it pickles Python objects, not only "
@@ -148,22 +209,25 @@ def _load_file(path: Path) -> dict[str, Any]:
 def load_purifier(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32) -> nn.Module:
     """A purifier from any supported checkpoint, strict-loaded, frozen, in eval mode on ``device``.
-    ``path=None``: the purifier that ships with the package (``DEFAULT_PURIFIER``).
+    ``path=None``: the purifier that ships with the package (``DEFAULT_PURIFIER``); ``path`` may be a
+    ``.pth``/``.ckpt``/``.safetensors`` file, a Hub folder or ``hf:ORG/NAME[@REVISION]``.
 
     The module maps ``(B, 3, H, W)`` in [0, 1] to ``(B, 3, H, W)`` (unclamped; use ``purify_images``).
-    Its ``spec`` attribute says what was detected, e.g. ``rrdb purifier (nf=64 nb=23 gc=32)``.
+    Its ``spec`` attribute says what was detected, e.g. ``rrdb purifier (nf=64 nb=23 gc=32)``; ``path``
+    is the weights file read, ``card`` its card (``purifier_card``) or None.
     Raises ``PurifierLoadError`` for anything that is not a purifier, saying what the file is.
     """
-    path = Path(path) if path is not None else DEFAULT_PURIFIER
+    path = resolve_purifier_file(path) if path is not None else DEFAULT_PURIFIER
     state = extract_purifier_state(_load_file(path), str(path))
     spec = detect_purifier(state, str(path))
+    _check_hub_config(path, spec)
     purifier = spec.build()
     try:
         purifier.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise PurifierLoadError(f"{path} looks like a {spec} but does not load strictly: "
                                 f"{str(exc).splitlines()[0]} ...; {EXPECTED}") from None
-    purifier.spec, purifier.path = spec, path
+    purifier.spec, purifier.path, purifier.card = spec, path, purifier_card(path)
     return purifier.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 

