@@ -145,3 +145,46 @@ def test_candidates_join_as_plain_purifiers_and_may_not_reuse_a_label():
     assert list(found) == ["NRP_B"] and str(DEFAULT_PURIFIER) in found["NRP_B"].weights
     with pytest.raises(ValueError, match="candidates \\['JPEG'\\] have the labels of the preset's defences"):
         candidates_from_config({"JPEG": str(DEFAULT_PURIFIER)}, {"JPEG": {}})
+
+
+def test_apgd_stays_in_budget_fools_more_than_fgsm_and_draws_eot_through_random_defences():
+    from nrp_lightning.attacks.adaptive import AdaptiveAttack
+    from nrp_lightning.attacks.apgd import APGD
+    from nrp_lightning.defenses import RandomResizePad
+
+    victim = tiny_classifier(1, name="vic").eval()
+    x = smooth_images(8, size=32)
+    with torch.no_grad():
+        y = victim(x).argmax(1)
+    adv = AdaptiveAttack(APGD(eps=4, steps=10), eot_samples=2)(x, y, victim, BitDepth(8))
+    assert (adv - x).abs().max() <= 4 / 255 + 1e-6 and 0 <= adv.min() and adv.max() <= 1
+    x_fgsm = fgsm(eps=4)(x, y, victim)
+    with torch.no_grad():
+        accuracy = lambda z: (victim(z).argmax(1) == y).float().mean().item()  # noqa: E731
+        assert accuracy(adv) <= accuracy(x_fgsm) and accuracy(adv) < 1.0
+    attack = AdaptiveAttack(APGD(eps=4, steps=2), eot_samples=3, name="APGD-CE(4/255)")
+    assert attack.label(RandomResizePad()) == "APGD-CE(4/255)+EOT3" and attack.label(BitDepth(4)) == "APGD-CE(4/255)"
+    with pytest.raises(ValueError, match="APGD needs"):
+        APGD(eps=0)
+
+
+def test_adaptive_attacks_are_paired_too(tmp_path):
+    from nrp_lightning.attacks.adaptive import AdaptiveAttack
+    from nrp_lightning.attacks.apgd import APGD
+
+    grid = _labelled_grid(attacks={"FGSM": fgsm(eps=8)}, paired_with=["Bits"],
+                          adaptive={"APGD": AdaptiveAttack(APGD(eps=8, steps=3), eot_samples=2, name="APGD-CE(8/255)")})
+    rows = run_grid(grid, tmp_path / "out", tmp_path / "cache", progress=False)
+    text = write_reports(rows, grid, tmp_path / "out", tmp_path / "cache").read_text()
+    table = text.split("## Paired against Bits on vic")[1].split("##")[0]
+    assert "| Defence | clean | FGSM (src) | APGD-CE(8/255) (white-box) |" in table
+    blur_row = next(line for line in table.splitlines() if line.startswith("| Blur |"))
+    assert blur_row.count("p=") == 3
+
+
+def test_the_adaptive_neurips_preset_runs_apgd_at_4_and_16_on_100_images():
+    cfg = compose(["experiment=neurips_adaptive", "split=test"], config_name="eval")
+    assert cfg.data.limit == 100 and cfg.data.split == "test" and cfg.defended_victims == ["efficientnet_lite0"]
+    assert {cfg.adaptive[k].attack.eps for k in ("APGD4", "APGD16")} == {4, 16}
+    assert cfg.adaptive.APGD16.attack._target_ == "nrp_lightning.attacks.apgd.APGD"
+    assert {"JPEG", "NRP", "NRP_dynamic"} <= set(cfg.defenses)

@@ -140,14 +140,22 @@ def paired_cell(row: dict | None, ref: dict | None) -> str:
 
 def paired_table(rows: list[dict], grid: Grid, victim: str, reference: str, skip: tuple[str, ...] = ()) -> str:
     """Every defence but ``skip`` against ``reference`` on ``victim``, image for image: a row per
-    defence, a column for the clean images and each (source, attack) set, each a ``paired_cell``."""
+    defence, a column for the clean images, each (source, attack) set and each adaptive attack
+    (crafted through each defence apart, but on the same images), each a ``paired_cell``."""
     idx = _lookup(rows)
     cells = [(CLEAN, "-", CLEAN)] + [("transfer", s, a) for s, a_names in _sources_of(grid).items() for a in a_names]
+
+    def find(kind: str, source: str, attack: str, d_name: str) -> dict | None:
+        if kind != "adaptive":
+            return idx.get((kind, source, attack, d_name, victim))
+        return next((r for r in rows if r["kind"] == "adaptive" and r["victim"] == victim and r["defense"] == d_name
+                     and r["attack"].startswith(attack)), None)
+
+    cells += [("adaptive", "white-box", grid.adaptive[a].name) for a in grid.adaptive]
     body = []
     for d_name in grid.defenses:
         if d_name != reference and d_name not in skip:
-            body.append([d_name, *(paired_cell(idx.get((k, s, a, d_name, victim)), idx.get((k, s, a, reference, victim)))
-                                   for k, s, a in cells)])
+            body.append([d_name, *(paired_cell(find(k, s, a, d_name), find(k, s, a, reference)) for k, s, a in cells)])
     return md_table(["Defence", *(a if k == CLEAN else f"{a} ({s})" for k, s, a in cells)], body)
 
 
