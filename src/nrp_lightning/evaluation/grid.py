@@ -327,22 +327,30 @@ def _run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLi
     def score_cells(adv_key: str, x_adv: torch.Tensor, meta: dict, d_name: str, victims: list[str]) -> None:
         """Score ``victims`` behind defence ``d_name`` on one set; the set is defended once for all of
         them (a purifier pass over a few hundred images takes minutes on a CPU), seeded per (set,
-        defence) so that randomised defences draw reproducibly."""
+        defence) so that randomised defences draw reproducibly. On the clean set the same defended
+        images give the defence's fidelity row (PSNR against the clean images)."""
         keys = {v: cache_key(adv_key, d_name, repr(grid.defenses[d_name]), v, grid.seed) for v in victims}
         todo = [v for v in victims if stale(store.rows.get(keys[v]))]
-        if todo:
+        fidelity_key = cache_key(FIDELITY, fingerprint, d_name, repr(grid.defenses[d_name]), grid.seed)
+        fidelity = meta["kind"] == CLEAN and d_name in fidelity_jobs and fidelity_key not in store
+        if todo or fidelity:
             bar.set_postfix_str(f"{meta['attack']} ({meta['source']}) behind {d_name}", refresh=True)
             torch.manual_seed(int(cache_key(adv_key, d_name, repr(grid.defenses[d_name]), grid.seed)[:8], 16))
             defended = defend(grid.defenses[d_name], x_adv, grid.batch_size, device)
-            for victim in todo:
-                top5, _ = classify(grid.victims[victim], defended, grid.batch_size, device)
-                scores = score(top5, reference[victim])
-                if meta.get("targeted"):  # success: the victim predicts the target class
-                    scores["success_rate"] = percent(top5[:, 0] == targets)
-                store.add({"key": keys[victim], **meta, "defense": d_name, "victim": victim, "n": len(x_adv),
-                           "reference": label_kind, **scores, **confident_scores(top5, victim, meta["kind"]),
-                           **labelled_scores(top5, victim, bool(meta.get("targeted")))})
-        bar.update(len(victims))
+        if fidelity:
+            db = psnr_per_image(defended, from_uint8(x_adv))
+            store.add({"key": fidelity_key, "kind": FIDELITY, "source": "-", "attack": CLEAN, "eps": 0.0,
+                       "defense": d_name, "victim": "-", "n": len(x_adv), "psnr_mean": round(db.mean().item(), 2),
+                       "psnr_min": round(db.min().item(), 2)})
+        for victim in todo:
+            top5, _ = classify(grid.victims[victim], defended, grid.batch_size, device)
+            scores = score(top5, reference[victim])
+            if meta.get("targeted"):  # success: the victim predicts the target class
+                scores["success_rate"] = percent(top5[:, 0] == targets)
+            store.add({"key": keys[victim], **meta, "defense": d_name, "victim": victim, "n": len(x_adv),
+                       "reference": label_kind, **scores, **confident_scores(top5, victim, meta["kind"]),
+                       **labelled_scores(top5, victim, bool(meta.get("targeted")))})
+        bar.update(len(victims) + (meta["kind"] == CLEAN and d_name in fidelity_jobs))
 
     def stale(row: dict | None) -> bool:
         """No row yet, or one of an older run that lacks what this grid records."""
@@ -353,19 +361,8 @@ def _run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLi
         for d_name in grid.defenses:
             score_cells(adv_key, x_adv, meta, d_name, [v for v in grid.victims if d_name in defenses_for(v)])
 
-    # Fidelity: PSNR(D(x), x) on the clean images, once per defence (seeded as the cells are).
-    for d_name in fidelity_jobs:
-        defense = grid.defenses[d_name]
-        key = cache_key(FIDELITY, fingerprint, d_name, repr(defense), grid.seed)
-        if key not in store:
-            torch.manual_seed(int(key[:8], 16))
-            db = psnr_per_image(defend(defense, x_clean, grid.batch_size, device), from_uint8(x_clean))
-            store.add({"key": key, "kind": FIDELITY, "source": "-", "attack": CLEAN, "eps": 0.0, "defense": d_name,
-                       "victim": "-", "n": len(x_clean), "psnr_mean": round(db.mean().item(), 2),
-                       "psnr_min": round(db.min().item(), 2)})
-        bar.update(1)
-
-    # Clean accuracy of every victim (behind every defence where it is defended).
+    # Clean images behind every defence: each victim's accuracy where it is defended, and PSNR(D(x), x)
+    # from the same defended images (one pass of a purifier over the clean set, not two).
     score_set(cache_key(CLEAN, fingerprint), x_clean, {"kind": CLEAN, "source": "-", "attack": CLEAN, "eps": 0.0})
 
     # Transfer (black-box) attacks.
