@@ -62,7 +62,7 @@ def test_safetensors_round_trip_is_bit_identical_and_carries_the_card(shipped, t
 def test_the_shipped_purifiers_hub_folder_from_one_command(shipped, hub_folder):
     assert sorted(p.name for p in hub_folder.iterdir()) == sorted(HUB_FILES)
     config = json.loads((hub_folder / "config.json").read_text())
-    assert (config["arch"], config["nf"], config["nb"], config["gc"], config["input_skip"]) == ("rrdb", 32, 2, 16, False)
+    assert [config[k] for k in ("arch", "nf", "nb", "gc", "input_skip")] == ["rrdb", 32, 2, 16, False]
     readme = (hub_folder / "README.md").read_text()
     assert readme.startswith("---\nlibrary_name: nrp-lightning\n")
     assert SHIPPED_CARD["training_command"] in readme

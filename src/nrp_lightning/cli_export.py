@@ -22,7 +22,7 @@ def export_parser() -> argparse.ArgumentParser:
             "the measured table and the training command, model.json with the card); upload that folder with "
             "`hf upload ORG/NAME FOLDER` and load it anywhere with load_purifier('hf:ORG/NAME')."),
         epilog="examples: nrp-purify export nrp_cpu.onnx   (the purifier shipped with nrp-lightning)\n"
-               "          nrp-purify export outputs/<run>/purifier.pth purifier.pt   (one you trained, as TorchScript)\n"
+               "          nrp-purify export outputs/<run>/purifier.pth purifier.pt   (one you trained, TorchScript)\n"
                "          nrp-purify export hub/nrp_cpu --format hub   (the shipped purifier's Hub folder)\n"
                "          nrp-purify export outputs/<run>/purifier.pth purifier.safetensors",
         formatter_class=argparse.RawDescriptionHelpFormatter)

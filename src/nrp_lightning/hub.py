@@ -75,8 +75,8 @@ def model_card(name: str, spec: PurifierSpec, parameters: int, card: dict[str, A
     lines = ["---", f"library_name: {LIBRARY}", "license: mit", "pipeline_tag: image-to-image",
              "tags: [adversarial-defense, input-purification, nrp, pytorch, safetensors]", "---", "",
              f"# {name}: a Neural Representation Purifier", "",
-             f"{spec}, {parameters:,} parameters, trained with {LIBRARY} (PyTorch Lightning + Hydra), an implementation of "
-             f"NRP ({PAPER}). It maps an image to its purified version: {hub_config(spec)['input']}.", "",
+             f"{spec}, {parameters:,} parameters, trained with {LIBRARY} (PyTorch Lightning + Hydra), "
+             f"an implementation of NRP ({PAPER}). It maps an image to its purified version: {hub_config(spec)['input']}.", "",
              "## Use", "", "```python", "from nrp_lightning.purify import load_purifier, purify_images", "",
              'purifier = load_purifier("hf:ORG/NAME")  # this repository, or a local copy of this folder',
              "purified = purify_images(purifier, images)  # (B,3,H,W) in [0,1] -> (B,3,H,W) in [0,1]", "```", "",

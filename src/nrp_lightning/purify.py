@@ -164,9 +164,11 @@ def _check_hub_config(path: Path, spec: PurifierSpec) -> None:
         return
     try:
         config = json.loads(config_path.read_text())
-        said = PurifierSpec(config["arch"], config["nf"], config["nb"], config.get("gc"), config.get("input_skip", False))
+        said = PurifierSpec(config["arch"], config["nf"], config["nb"], config.get("gc"),
+                            config.get("input_skip", False))
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise PurifierLoadError(f"{config_path} is not a purifier config (arch, nf, nb, gc, input_skip): {exc!r}") from None
+        raise PurifierLoadError(f"{config_path} is not a purifier config (arch, nf, nb, gc, input_skip): "
+                                f"{exc!r}") from None
     if said != spec:
         raise PurifierLoadError(f"{config_path} says {said} but {path} holds a {spec}; export the folder again")
 
