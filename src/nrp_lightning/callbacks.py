@@ -194,7 +194,7 @@ class CheckpointOnSignal(pl.Callback):
         if self._saved:
             return
         self._saved = True
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the whole state (optimizers, loops): it resumes
         what = self._signal or "SIGTERM"
         if trainer.is_global_zero:
             msg = (f"{what}: saved {self.path} after iteration {trainer.global_step // 2}; run the same command "
