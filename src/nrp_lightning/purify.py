@@ -28,7 +28,7 @@ from nrp_lightning.tiling import purify_tiled
 from nrp_lightning.weights import (SAFETENSORS_SUFFIX, WeightsNotFoundError, hf_snapshot, load_state_dict,
                                    safetensors_metadata)
 
-# Dynamic inference (DESIGN.md): x_m = clip(clip(x + SIGMA * N(0,1), x - EPS, x + EPS), 0, 1).
+# Dynamic inference (the authors' purify.py): x_m = clip(clip(x + SIGMA * N(0,1), x - EPS, x + EPS), 0, 1).
 DYNAMIC_SIGMA = 0.05  # std of the Gaussian noise, [0, 1] units
 DYNAMIC_EPS = 16.0  # l_inf bound of that noise, pixel units (/255)
 # Images smaller than this (either side) are edge-replicated up to it before purification: the

