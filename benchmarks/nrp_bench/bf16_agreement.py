@@ -19,46 +19,44 @@ from pathlib import Path
 import torch
 
 
-def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR (dB) of ``a`` against ``b``, both in [0,1]; inf where equal."""
-    mse = (a.float() - b.float()).pow(2).mean().item()
-    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
-
-
 def agreement(x: torch.Tensor, labels: torch.Tensor, attack_steps: int) -> dict:
     """fp32 against bf16 autocast on images ``x (N,3,224,224)`` with ``labels (N,)``: purifier
     output, victim (EfficientNet-Lite0) top-1 behind it, MI-FGSM from MobileNetV2 (``attack_steps``
-    steps, eps 16) and its success on the victim, image for image."""
+    steps, eps 16; 0: purification only) and its success on the victim, image for image. The
+    evaluation grid's own steps (``craft``, ``classify``) and ``purify_images`` do the work."""
     from nrp_lightning import fast_paths
     from nrp_lightning.attacks.transfer import mifgsm
+    from nrp_lightning.eval_data import from_uint8, to_uint8
+    from nrp_lightning.evaluation.grid import classify, craft
     from nrp_lightning.evaluation.metrics import mcnemar_exact
+    from nrp_lightning.lit_module import psnr
     from nrp_lightning.models.classifiers import load_classifier
-    from nrp_lightning.purify import load_purifier
+    from nrp_lightning.purify import load_purifier, purify_images
 
+    cpu = torch.device("cpu")
     purifier = fast_paths.to_channels_last(load_purifier())
     victim = fast_paths.to_channels_last(load_classifier("efficientnet_lite0").eval())
     source = fast_paths.to_channels_last(load_classifier("mobilenet_v2").eval())
-    attack = mifgsm(eps=16, steps=max(attack_steps, 1))  # attack_steps=0: purification only
     out, seconds = {}, {}
     for name, bf16 in (("fp32", False), ("bf16", True)):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            torch.manual_seed(0)
-            adv = x if not attack_steps else torch.cat([attack(x[i:i + 8], labels[i:i + 8], source)
-                                                        for i in range(0, len(x), 8)])
-            adv = (adv.float().clamp(0, 1) * 255).round() / 255  # as the evaluation stores them
-            with torch.inference_mode():
-                purified = torch.cat([purifier(x[i:i + 4]).float().clamp(0, 1) for i in range(0, len(x), 4)])
-                right_clean = victim(purified).argmax(1) == labels
-                right_adv = victim(torch.cat([purifier(adv[i:i + 4]).float().clamp(0, 1)
-                                              for i in range(0, len(x), 4)])).argmax(1) == labels
+            purified = purify_images(purifier, x).float().clamp(0, 1)
+            right_clean = classify(victim, purified, 16, cpu)[0][:, 0] == labels
+            if attack_steps:  # stored as uint8, as the evaluation stores them
+                adv = from_uint8(craft(mifgsm(eps=16, steps=attack_steps), source, to_uint8(x), labels, 8, cpu, 0))
+                purified_adv = purify_images(purifier, adv).float().clamp(0, 1)
+                right_adv = classify(victim, purified_adv, 16, cpu)[0][:, 0] == labels
+            else:  # nothing attacked: the clean outcome, not a second purifier pass over the same images
+                adv, right_adv = x, right_clean
         out[name] = purified, adv, right_clean, right_adv
         seconds[name] = round(time.perf_counter() - start, 1)
     (p32, a32, c32, r32), (p16, a16, c16, r16) = out["fp32"], out["bf16"]
     discordant = lambda a, b: (int((a & ~b).sum()), int((~a & b).sum()))  # noqa: E731
     b, c = discordant(r16, r32)
     return {"n": len(x), "seconds": seconds,
-            "purified_psnr_db": round(psnr_db(p16, p32), 2), "purified_max_abs_diff": (p16 - p32).abs().max().item(),
+            "purified_psnr_db": round(psnr(p16, p32).item(), 2),
+            "purified_max_abs_diff": (p16 - p32).abs().max().item(),
             "clean_top1_changed": int((c16 != c32).sum()),
             "adv_images_differ_share": round((a16 != a32).float().mean().item(), 4),
             "adv_max_abs_diff_255": round(255 * (a16 - a32).abs().max().item(), 1),
@@ -73,14 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", default="data/neurips2017", help="a NeurIPS-2017 folder (labelled) built by "
                         "experiments/build_datasets.py neurips")
     parser.add_argument("--n", type=int, default=16, help="images of the dev split (default 16)")
-    parser.add_argument("--attack-steps", type=int, default=10, help="MI-FGSM steps (default 10; 0: purification only, where bf16 is emulated and slow)")
+    parser.add_argument("--attack-steps", type=int, default=10, help="MI-FGSM steps (default 10; 0: purification only, "
+                        "where bf16 is emulated and slow)")
     parser.add_argument("--out", default="outputs/bench/bf16_agreement", help="folder for bf16_agreement.json")
     args = parser.parse_args(argv)
     from nrp_lightning.eval_data import neurips_dev
+    from nrp_lightning.fast_paths import native_bf16
 
     data = neurips_dev(args.images, size=224, crop=0.875, split="dev", limit=args.n)
-    result = {"images": data.description, "cpu_native_bf16": __import__("nrp_lightning.fast_paths").fast_paths
-              .native_bf16("cpu"), **agreement(data.images, data.labels, args.attack_steps)}
+    result = {"images": data.description, "cpu_native_bf16": native_bf16("cpu"),
+              **agreement(data.images, data.labels, args.attack_steps)}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "bf16_agreement.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
