@@ -329,14 +329,16 @@ def _run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLi
         them (a purifier pass over a few hundred images takes minutes on a CPU), seeded per (set,
         defence) so that randomised defences draw reproducibly. On the clean set the same defended
         images give the defence's fidelity row (PSNR against the clean images)."""
-        keys = {v: cache_key(adv_key, d_name, repr(grid.defenses[d_name]), v, grid.seed) for v in victims}
+        defense, described = grid.defenses[d_name], repr(grid.defenses[d_name])
+        keys = {v: cache_key(adv_key, d_name, described, v, grid.seed) for v in victims}
         todo = [v for v in victims if stale(store.rows.get(keys[v]))]
-        fidelity_key = cache_key(FIDELITY, fingerprint, d_name, repr(grid.defenses[d_name]), grid.seed)
-        fidelity = meta["kind"] == CLEAN and d_name in fidelity_jobs and fidelity_key not in store
+        has_fidelity = meta["kind"] == CLEAN and d_name in fidelity_jobs  # counted in the bar either way
+        fidelity_key = cache_key(FIDELITY, fingerprint, d_name, described, grid.seed)
+        fidelity = has_fidelity and fidelity_key not in store
         if todo or fidelity:
             bar.set_postfix_str(f"{meta['attack']} ({meta['source']}) behind {d_name}", refresh=True)
-            torch.manual_seed(int(cache_key(adv_key, d_name, repr(grid.defenses[d_name]), grid.seed)[:8], 16))
-            defended = defend(grid.defenses[d_name], x_adv, grid.batch_size, device)
+            torch.manual_seed(int(cache_key(adv_key, d_name, described, grid.seed)[:8], 16))
+            defended = defend(defense, x_adv, grid.batch_size, device)
         if fidelity:
             db = psnr_per_image(defended, from_uint8(x_adv))
             store.add({"key": fidelity_key, "kind": FIDELITY, "source": "-", "attack": CLEAN, "eps": 0.0,
@@ -350,7 +352,7 @@ def _run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLi
             store.add({"key": keys[victim], **meta, "defense": d_name, "victim": victim, "n": len(x_adv),
                        "reference": label_kind, **scores, **confident_scores(top5, victim, meta["kind"]),
                        **labelled_scores(top5, victim, bool(meta.get("targeted")))})
-        bar.update(len(victims) + (meta["kind"] == CLEAN and d_name in fidelity_jobs))
+        bar.update(len(victims) + has_fidelity)
 
     def stale(row: dict | None) -> bool:
         """No row yet, or one of an older run that lacks what this grid records."""

@@ -40,8 +40,10 @@ def rate_cell(row: dict | None, metric: str) -> str:
         value = None if top1 is None else round(100.0 - top1, 2)
     else:
         value = row.get(metric)
-    n = row.get({"success_clean_correct": "n_clean_correct"}.get(metric, "n_confident" if metric.endswith("_confident")
-                                                                   else "n"))
+    if metric == "success_clean_correct":
+        n = row.get("n_clean_correct")
+    else:
+        n = row.get("n_confident" if metric.endswith("_confident") else "n")
     if value is None or not n:
         return MISSING
     low, high = wilson_interval(successes(value, n), n)
@@ -97,18 +99,24 @@ def table5(rows: list[dict], grid: Grid) -> str:
     return md_table(header, body)
 
 
+def adaptive_row(rows: list[dict], victim: str, defense: str, name: str) -> dict | None:
+    """The row of adaptive attack ``name`` through ``defense`` onto ``victim``: its label is the name
+    plus what it added against that defence (``+EOT10``), so it is found by prefix."""
+    return next((r for r in rows if r["kind"] == "adaptive" and r["victim"] == victim and r["defense"] == defense
+                 and r["attack"].startswith(name)), None)
+
+
 def adaptive_table(rows: list[dict], grid: Grid, victim: str) -> str:
     """Per defence: clean top-1, the strongest transfer attack's success rate, each adaptive one's."""
     idx = _lookup(rows)
     transfer = [r for r in rows if r["kind"] == "transfer" and r["victim"] == victim]
-    adaptive = [r for r in rows if r["kind"] == "adaptive" and r["victim"] == victim]
     header = ["Defence", "clean top-1", "best transfer success", *grid.adaptive]
     body = []
     for d_name in grid.defenses:
         best = max((r for r in transfer if r["defense"] == d_name), key=lambda r: r["success_rate"], default=None)
         cells = []
         for a_name in grid.adaptive:
-            r = next((r for r in adaptive if r["defense"] == d_name and r["attack"].startswith(grid.adaptive[a_name].name)), None)
+            r = adaptive_row(rows, victim, d_name, grid.adaptive[a_name].name)
             cells.append(f"{rate_cell(r, 'success_rate')} ({r['attack']})" if r else MISSING)
         body.append([d_name, rate_cell(_clean_row(idx, d_name, victim), "top1"), rate_cell(best, "success_rate"), *cells])
     return md_table(header, body)
@@ -146,10 +154,9 @@ def paired_table(rows: list[dict], grid: Grid, victim: str, reference: str, skip
     cells = [(CLEAN, "-", CLEAN)] + [("transfer", s, a) for s, a_names in _sources_of(grid).items() for a in a_names]
 
     def find(kind: str, source: str, attack: str, d_name: str) -> dict | None:
-        if kind != "adaptive":
-            return idx.get((kind, source, attack, d_name, victim))
-        return next((r for r in rows if r["kind"] == "adaptive" and r["victim"] == victim and r["defense"] == d_name
-                     and r["attack"].startswith(attack)), None)
+        if kind == "adaptive":
+            return adaptive_row(rows, victim, d_name, attack)
+        return idx.get((kind, source, attack, d_name, victim))
 
     cells += [("adaptive", "white-box", grid.adaptive[a].name) for a in grid.adaptive]
     body = []
