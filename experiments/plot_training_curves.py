@@ -16,7 +16,7 @@ from pathlib import Path
 from nrp_lightning.evaluation.plots import save_figure
 
 PANELS = (
-    ("L_feat (MAE in F); L_out (KL) with loss.kappa > 0", ["train/loss_feat", "train/loss_out"]),
+    ("L_feat (MAE in F)", ["train/loss_feat"]),
     ("L_img", ["train/loss_img"]),
     ("L_adv (RaGAN, purifier)", ["train/loss_adv"]),
     ("critic loss", ["train/loss_critic"]),

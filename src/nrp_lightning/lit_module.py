@@ -1,10 +1,9 @@
 """The NRP min-max game (Algorithm 2) as a LightningModule with manual optimization.
 
 Each training step: SSP adversaries of the batch (gradients through F only), purify, one
-purifier step on ``alpha·L_adv + gamma·L_img + lambda·L_feat`` (Eq. 8), one critic step. An
-option the paper does not have adds ``kappa·L_out``, a classifier's predictions on P(x') held to
-those on x (``loss.kappa``, 0 by default), another ``detail·L_detail``, each patch's fine detail
-held to x's (``loss.detail``, 0 by default).
+purifier step on ``alpha·L_adv + gamma·L_img + lambda·L_feat`` (Eq. 8), one critic step.
+What a run carries besides its weights (every rank's random state, the guard that skips
+non-finite steps) lives in ``training_state.py``.
 
 Note on step counts: with two optimizers stepped by hand, Lightning's ``global_step`` counts
 *optimizer* steps, i.e. two per iteration; configs therefore set ``trainer.max_steps`` to
@@ -12,10 +11,8 @@ Note on step counts: with two optimizers stepped by hand, Lightning's ``global_s
 """
 from __future__ import annotations
 
-import random
 from typing import Callable
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -23,14 +20,10 @@ from torch import nn
 
 from nrp_lightning.attacks.ssp import SSP
 from nrp_lightning.config import BadConfigError, is_number
-from nrp_lightning.losses import (ALPHA, GAMMA, GAN_LOSSES, LAMBDA, PIXEL_DISTANCES, detail_loss, feature_distance,
-                                  feature_loss, output_consistency_loss, pixel_loss)
-from nrp_lightning.purify import dynamic_perturb
+from nrp_lightning.losses import ALPHA, GAMMA, GAN_LOSSES, LAMBDA, PIXEL_DISTANCES, feature_distance, feature_loss, pixel_loss
+from nrp_lightning.training_state import DivergenceError, DivergenceGuard, RNGStates
 
-
-class DivergenceError(RuntimeError):
-    """Training produced non-finite losses or gradients for more steps in a row than allowed."""
-
+__all__ = ["NRPModule", "DivergenceError", "psnr"]
 
 FUSED_ADAM_DEVICES = ("cuda", "cpu")  # fused=True Adam kernels (CPU: 35x faster than foreach for 16.7M params)
 LR_SCHEDULES = ("constant", "cosine")
@@ -74,31 +67,17 @@ class NRPModule(pl.LightningModule):
             0 turns it off.
         divergence_guard: a purifier or critic step whose loss or gradient norm is not finite is
             skipped (weights and Adam state untouched), counted (``train/nonfinite_steps``) and
-            logged beside both gradient norms (``train/grad_norm_purifier``, ``_critic``). With
-            fused Adam the skip happens on the device (the ``found_inf`` input GradScaler uses):
-            no host-device sync; other optimizers read the flag on the host.
+            logged beside both gradient norms (``train/grad_norm_purifier``, ``_critic``);
+            ``training_state.DivergenceGuard``.
         max_nonfinite_steps: more iterations in a row than this with a skipped step stop the run
-            with ``DivergenceError`` (checked every ``log_every_n_steps`` iterations, when the
-            counters are read anyway); the checkpoints hold the last finite weights.
-        kappa: weight of L_out (not in the paper; 0 = off): ``KL(f(x) || f(P(x')))`` of
-            ``output_classifier`` f, frozen, ``(B,3,H,W)`` in [0,1] -> logits ``(B, K)``. L_feat
-            holds one layer of F; this holds the prediction a classifier makes from the image.
-        input_noise: sigma of dynamic inference's clipped Gaussian noise (``purify.dynamic_perturb``:
-            [0, 1] units, bounded by 16/255) added to every purifier input x' in training, after
-            ``weak_fraction`` (not in the paper; 0 = off). A purifier used with dynamic inference
-            then sees in training the noisy inputs it is given at inference (0.05 there).
-        detail: weight of L_detail (not in the paper; 0 = off): ``losses.detail_loss``, the mean
-            |Laplacian RMS of P(x') - that of x| over 8 px patches, against the smoothing that the
-            pixel and feature losses favour.
+            with ``DivergenceError``; the checkpoints hold the last finite weights.
     """
 
     def __init__(self, purifier: nn.Module, critic: nn.Module, features: nn.Module, attack: Attack,
                  val_attack: Attack | None = None, alpha: float = ALPHA, gamma: float = GAMMA, lam: float = LAMBDA, gan_loss: str = "ragan", pixel_distance: str = "mse",
                  lr_purifier: float = 1e-4, lr_critic: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
                  weak_fraction: float = 0.0, lr_schedule: str = "constant", schedule_iterations: int | None = None, channels_last: bool = False, compile: bool = False, fused_adam: bool = True, seed: int = 0,
-                 reference_steps: int = 100, divergence_guard: bool = True, max_nonfinite_steps: int = 30,
-                 kappa: float = 0.0, output_classifier: nn.Module | None = None, detail: float = 0.0,
-                 input_noise: float = 0.0) -> None:
+                 reference_steps: int = 100, divergence_guard: bool = True, max_nonfinite_steps: int = 30) -> None:
         super().__init__()
         if gan_loss not in GAN_LOSSES:
             raise BadConfigError(f"gan_loss must be one of {sorted(GAN_LOSSES)}, got {gan_loss!r}")
@@ -110,27 +89,22 @@ class NRPModule(pl.LightningModule):
             raise BadConfigError(f"pixel_distance must be one of {PIXEL_DISTANCES}, got {pixel_distance!r}")
         if not (is_number(weak_fraction) and 0.0 <= weak_fraction <= 1.0):
             raise BadConfigError(f"weak_fraction must be in [0, 1], got {weak_fraction}")
-        if not (is_number(input_noise) and 0.0 <= input_noise <= 1.0):
-            raise BadConfigError(f"input_noise must be in [0, 1] (a sigma in [0, 1] image units; 0: off), got {input_noise}")
         if not (is_number(max_nonfinite_steps) and max_nonfinite_steps >= 1):
             raise BadConfigError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         if not (is_number(reference_steps) and reference_steps >= 0):
             raise BadConfigError(f"reference_steps must be >= 0 (0: off), got {reference_steps}")
-        weights = {"alpha": alpha, "gamma": gamma, "lam": lam, "kappa": kappa, "detail": detail}
+        weights = {"alpha": alpha, "gamma": gamma, "lam": lam}
         if not all(is_number(w) and w >= 0 for w in weights.values()):
             raise BadConfigError("loss weights must be numbers >= 0, got "
                                  + " ".join(f"{name}={w!r}" for name, w in weights.items()))
-        if kappa > 0 and output_classifier is None:
-            raise BadConfigError(f"loss.kappa={kappa} needs an output_classifier (the classifier whose predictions L_out holds)")
         self.automatic_optimization = False
-        self.save_hyperparameters(ignore=["purifier", "critic", "features", "attack", "val_attack", "output_classifier"])
+        self.save_hyperparameters(ignore=["purifier", "critic", "features", "attack", "val_attack"])
         self.purifier, self.critic, self.features, self.attack = purifier, critic, features, attack
-        self.output_classifier = output_classifier if kappa > 0 else None
         self.val_attack = val_attack if val_attack is not None else attack
         self.generator_gan_loss, self.critic_gan_loss = GAN_LOSSES[gan_loss]
-        self._rng_to_restore: dict | None = None
+        self.rng = RNGStates()
+        self.guard = DivergenceGuard(divergence_guard, max_nonfinite_steps)
         self._attack_shares: dict[str, torch.Tensor] | None = None  # computed once a run (F is frozen)
-        self._nonfinite = {"total": 0, "streak": 0}  # int or device tensors: skipped iterations, in a row
 
     # ----------------------------------------------------------------- setup
     def configure_model(self) -> None:
@@ -142,9 +116,8 @@ class NRPModule(pl.LightningModule):
                 net.compile()
 
     def networks(self) -> list[nn.Module]:
-        """P, C, F and, with ``kappa > 0``, the output classifier."""
-        nets = [self.purifier, self.critic, self.features]
-        return nets + [self.output_classifier] if self.output_classifier is not None else nets
+        """P, C and F."""
+        return [self.purifier, self.critic, self.features]
 
     def configure_optimizers(self):
         def adam(params, lr):
@@ -158,29 +131,15 @@ class NRPModule(pl.LightningModule):
         return optimizers, schedulers
 
     def on_fit_start(self) -> None:
-        # Different SSP random starts and crops on every rank; a resumed run restores its own RNG.
-        if self._rng_to_restore is None:
-            pl.seed_everything(self.hparams.seed + self.global_rank, workers=True, verbose=False)
-        else:
-            _set_rng_states(self._rng_to_restore)
-            self._rng_to_restore = None
+        self.rng.start(self.hparams.seed + self.global_rank)  # or the state a checkpoint brought
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Every rank's random state (each draws its own SSP starts and crops): the ranks build the
-        # checkpoint together, rank 0 writes it; each takes its own back on resume.
-        states = _get_rng_states()
-        checkpoint["nrp_rng_states"] = states
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            per_rank: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(per_rank, states)
-            checkpoint["nrp_rng_states_per_rank"] = per_rank
-        checkpoint["nrp_nonfinite"] = {k: int(v) for k, v in self._nonfinite.items()}
+        self.rng.save(checkpoint)
+        self.guard.save(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        per_rank = checkpoint.get("nrp_rng_states_per_rank") or []
-        rank = self.global_rank if self._trainer is not None else 0
-        self._rng_to_restore = per_rank[rank] if rank < len(per_rank) else checkpoint.get("nrp_rng_states")
-        self._nonfinite = dict(checkpoint.get("nrp_nonfinite", {"total": 0, "streak": 0}))
+        self.rng.load(checkpoint, rank=self.global_rank if self._trainer is not None else 0)
+        self.guard.load(checkpoint)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
@@ -188,37 +147,24 @@ class NRPModule(pl.LightningModule):
     # ------------------------------------------------------- Algorithm 2 parts
     def find_adversaries(self, x: torch.Tensor) -> torch.Tensor:
         """Line 3: x' from x (SSP in NRP; Gaussian noise or FGSM in the ablations), then, with
-        ``weak_fraction``, some perturbations weakened (still inside the budget and [0, 1]), then,
-        with ``input_noise``, dynamic inference's noise on every x' (within 16/255 of x', in [0, 1])."""
+        ``weak_fraction``, some perturbations weakened (still inside the budget and [0, 1])."""
         x_adv = self.attack(x, self.features)
         if self.hparams.weak_fraction > 0:
             b = x.shape[0]
             weak = torch.rand(b, device=x.device) < self.hparams.weak_fraction
             strength = torch.where(weak, torch.rand(b, device=x.device), torch.ones(b, device=x.device))
             x_adv = x + strength.view(b, 1, 1, 1) * (x_adv - x)
-        if self.hparams.input_noise > 0:
-            x_adv = dynamic_perturb(x_adv, sigma=self.hparams.input_noise, noise=torch.randn_like(x_adv))
         return x_adv
 
-    def purifier_loss(self, x: torch.Tensor, purified: torch.Tensor, feat_clean: torch.Tensor,
-                      logits_clean: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Eq. 8 and its three terms, plus ``kappa·L_out`` when ``kappa > 0`` (``logits_clean``: the
-        output classifier's ``(B, K)`` logits of x) and ``detail·L_detail`` when ``detail > 0``. The
-        critic sees real images without gradient."""
+    def purifier_loss(self, x: torch.Tensor, purified: torch.Tensor, feat_clean: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Lines 4-5: Eq. 8 and its three terms. The critic sees real images without gradient."""
         hp = self.hparams
         logits_real = self.critic(x).detach()
         l_adv = self.generator_gan_loss(self.critic(purified), logits_real) if hp.alpha > 0 else purified.new_zeros(())
         l_img = pixel_loss(purified, x, hp.pixel_distance)
         l_feat = feature_loss(self.features(purified), feat_clean) if hp.lam > 0 else purified.new_zeros(())
         loss = hp.alpha * l_adv + hp.gamma * l_img + hp.lam * l_feat
-        terms = {"loss_purifier": loss, "loss_adv": l_adv, "loss_img": l_img, "loss_feat": l_feat}
-        if self.output_classifier is not None:
-            terms["loss_out"] = output_consistency_loss(self.output_classifier(purified), logits_clean)
-            terms["loss_purifier"] = terms["loss_purifier"] + hp.kappa * terms["loss_out"]
-        if hp.detail > 0:
-            terms["loss_detail"] = detail_loss(purified, x)
-            terms["loss_purifier"] = terms["loss_purifier"] + hp.detail * terms["loss_detail"]
-        return terms
+        return {"loss_purifier": loss, "loss_adv": l_adv, "loss_img": l_img, "loss_feat": l_feat}
 
     def critic_loss(self, x: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
         """Line 6: the critic learns to tell x from P(x')."""
@@ -226,79 +172,39 @@ class NRPModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, x: torch.Tensor, batch_idx: int) -> None:
+        """Algorithm 2, one iteration: adversaries, purify, a purifier step, a critic step, log."""
         opt_purifier, opt_critic = self.optimizers()
         x = self._prepare(x)
         with torch.no_grad():
             feat_clean = self.features(x)
-            logits_clean = self.output_classifier(x) if self.output_classifier is not None else None
         x_adv = self.find_adversaries(x)
         purified = self.purifier(x_adv)
 
-        self.toggle_optimizer(opt_purifier)
-        terms = self.purifier_loss(x, purified, feat_clean, logits_clean)
-        opt_purifier.zero_grad(set_to_none=True)
-        self.manual_backward(terms["loss_purifier"])
-        norm_purifier, bad_purifier = self.guarded_step(opt_purifier, self.purifier, terms["loss_purifier"])
-        self.untoggle_optimizer(opt_purifier)
-
-        self.toggle_optimizer(opt_critic)
-        loss_critic = self.critic_loss(x, purified)
-        opt_critic.zero_grad(set_to_none=True)
-        self.manual_backward(loss_critic)
-        norm_critic, bad_critic = self.guarded_step(opt_critic, self.critic, loss_critic)
-        self.untoggle_optimizer(opt_critic)
+        with self.toggled_optimizer(opt_purifier):
+            terms = self.purifier_loss(x, purified, feat_clean)
+            norm_purifier, bad_purifier = self.backward_and_step(opt_purifier, self.purifier, terms["loss_purifier"])
+        with self.toggled_optimizer(opt_critic):
+            loss_critic = self.critic_loss(x, purified)
+            norm_critic, bad_critic = self.backward_and_step(opt_critic, self.critic, loss_critic)
         for scheduler in self.lr_schedulers() or []:
             scheduler.step()
-        self.count_nonfinite(bad_purifier | bad_critic)
+        self.guard.count(bad_purifier | bad_critic, self._trainer)
 
         with torch.no_grad():
             metrics = {f"train/{k}": v.detach() for k, v in terms.items()}
-            metrics["train/loss_critic"] = loss_critic.detach()
-            metrics.update({"train/grad_norm_purifier": norm_purifier, "train/grad_norm_critic": norm_critic,
-                            "train/nonfinite_steps": torch.as_tensor(self._nonfinite["total"], device=x.device).float()})
+            metrics.update({"train/loss_critic": loss_critic.detach(), "train/grad_norm_purifier": norm_purifier,
+                            "train/grad_norm_critic": norm_critic,
+                            "train/nonfinite_steps": torch.as_tensor(self.guard.counts["total"], device=x.device).float()})
             metrics.update({f"train/{k}": v for k, v in self.purification_metrics(x, x_adv, purified, feat_clean).items()})
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=False)
         self.log("train/loss", terms["loss_purifier"].detach(), prog_bar=True)
 
-    # ------------------------------------------------------ divergence guard
-    def guarded_step(self, optimizer, net: nn.Module, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step ``optimizer`` unless ``loss`` or the gradient norm of ``net`` is not finite.
-        Returns the gradient norm and the non-finite flag, both 0-dim device tensors."""
-        grads = [p.grad for p in net.parameters() if p.grad is not None]
-        norm = _total_norm(grads) if grads else loss.new_zeros(())
-        bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(norm))
-        inner = getattr(optimizer, "optimizer", optimizer)  # under the LightningOptimizer wrapper
-        if not self.hparams.divergence_guard:
-            optimizer.step()
-        elif inner.defaults.get("fused"):
-            inner.found_inf = bad.float()  # the fused kernel skips params, moments and step count
-            try:
-                optimizer.step()
-            finally:
-                del inner.found_inf
-        else:  # non-fused optimizers cannot skip on the device: one host sync
-            if bad.item():
-                optimizer.zero_grad(set_to_none=True)  # Adam leaves parameters without gradient alone
-            optimizer.step()  # still called, so Lightning's step count (and max_steps) stays right
-        return norm.detach(), bad
-
-    def count_nonfinite(self, bad: torch.Tensor) -> None:
-        """Update the counters with this iteration's flag (on the device) and, every
-        ``log_every_n_steps`` iterations, stop the run if the streak is longer than allowed."""
-        total, streak = (torch.as_tensor(self._nonfinite[k], device=bad.device) for k in ("total", "streak"))
-        self._nonfinite = {"total": total + bad.long(), "streak": (streak + 1) * bad.long()}
-        trainer = self._trainer  # None when called outside a Trainer
-        iteration = trainer.global_step // 2 if trainer is not None else 0
-        every = max(trainer.log_every_n_steps, 1) if trainer is not None else 1
-        if self.hparams.divergence_guard and iteration % every == 0:
-            streak = int(self._nonfinite["streak"])
-            if streak > self.hparams.max_nonfinite_steps:
-                callback = trainer.checkpoint_callback if trainer is not None else None
-                last = getattr(callback, "last_model_path", "") or "none written yet"
-                raise DivergenceError(
-                    f"training diverged: {streak} iterations in a row up to iteration {iteration} had a non-finite loss "
-                    f"or gradient (more than module.max_nonfinite_steps={self.hparams.max_nonfinite_steps}); those "
-                    f"steps were skipped, so the last checkpoint holds the last finite weights: {last}")
+    def backward_and_step(self, optimizer, net: nn.Module, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backward ``loss`` and step ``optimizer`` (skipped when not finite, ``training_state.DivergenceGuard``):
+        ``(gradient norm of net, non-finite flag)``, both 0-dim device tensors."""
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        return self.guard.step(optimizer, net, loss)
 
     def purification_metrics(self, x: torch.Tensor, x_adv: torch.Tensor, purified: torch.Tensor,
                              feat_clean: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -356,36 +262,3 @@ class NRPModule(pl.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_epoch=True, sync_dist=True,
                       batch_size=x.shape[0])
         return {"clean": x, "adversarial": x_adv, "purified": purified}
-
-
-def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """The 2-norm of all gradients together, on their device (no host sync)."""
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
-
-
-def _get_rng_states() -> dict:
-    np_state = np.random.get_state()
-    states = {
-        "torch": torch.get_rng_state(),
-        "numpy_key": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_meta": [int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": _python_state_to_list(random.getstate()),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    meta = states["numpy_meta"]
-    np.random.set_state(("MT19937", states["numpy_key"].numpy().astype(np.uint32), meta[0], meta[1], meta[2]))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _python_state_to_list(state: tuple) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]

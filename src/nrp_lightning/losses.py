@@ -41,50 +41,7 @@ def feature_loss(feat_purified: torch.Tensor, feat_clean: torch.Tensor) -> torch
     return feature_distance(feat_purified, feat_clean, "mae")
 
 
-def output_consistency_loss(logits_purified: torch.Tensor, logits_clean: torch.Tensor) -> torch.Tensor:
-    """L_out (not in the paper; ``loss.kappa``): ``KL(f(x) || f(P(x')))`` of a frozen classifier's
-    softmax, summed over classes and averaged over the batch. Logits ``(B, K)``; ``logits_clean``
-    carries no gradient. Where L_feat holds one layer's features, this holds the prediction itself."""
-    return F.kl_div(F.log_softmax(logits_purified.float(), dim=1), F.log_softmax(logits_clean.float(), dim=1),
-                    log_target=True, reduction="batchmean")
-
-
 PIXEL_DISTANCES = ("mse", "l2")
-DETAIL_PATCH = 8  # px: the patches whose detail L_detail compares
-_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
-
-
-def _laplacian(x: torch.Tensor) -> torch.Tensor:
-    """Per-channel 3x3 Laplacian (the high-pass) of ``x`` ``(B, C, H, W)``: ``(B, C, H-2, W-2)``, fp32."""
-    c = x.shape[1]
-    kernel = _LAPLACIAN.to(device=x.device, dtype=torch.float32).expand(c, 1, 3, 3)
-    return F.conv2d(x.float(), kernel, groups=c)
-
-
-def local_detail(x: torch.Tensor, patch: int = DETAIL_PATCH) -> torch.Tensor:
-    """Fine detail of ``x`` ``(B, C, H, W)`` in [0, 1] per ``patch`` x ``patch`` patch: the RMS of its
-    per-channel Laplacian (the 3x3 high-pass), ``(B, C, (H-2)//patch, (W-2)//patch)`` in [0, 1] units.
-    A smoothed image has less of it; a noisy one more."""
-    return (F.avg_pool2d(_laplacian(x).pow(2), patch) + 1e-8).sqrt()
-
-
-def detail_loss(purified: torch.Tensor, clean: torch.Tensor, patch: int = DETAIL_PATCH) -> torch.Tensor:
-    """L_detail (not in the paper; ``loss.detail``): mean |detail(P(x')) - detail(x)| over
-    ``patch`` px patches (``local_detail``). The pixel and feature losses are minimised by the mean of
-    the images a perturbed input could have come from, which is smoother than any of them: the
-    purifier removes fine texture with the perturbation (half of the clean images' Laplacian energy
-    at CPU scale, docs/reproduction.md). This term asks for as much detail as x has in each patch,
-    where it is, without asking for the exact (unrecoverable) texture; too much (the perturbation
-    let through) costs as much as too little."""
-    return (local_detail(purified, patch) - local_detail(clean, patch)).abs().mean()
-
-
-def detail_ratio(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` fine-detail energy of ``images`` over that of ``reference`` (mean squared Laplacian
-    of each image, ``local_detail``'s high-pass): 1 keeps the detail, < 1 smooths, > 1 adds."""
-    return _laplacian(images).pow(2).mean((1, 2, 3)) / _laplacian(reference).pow(2).mean((1, 2, 3))
-
-
 def pixel_loss(purified: torch.Tensor, clean: torch.Tensor, distance: str = "mse") -> torch.Tensor:
     """L_img (Eq. 6) between P(x') and x. ``mse``: the mean squared error (BasicSR's ``l2``, the
     usual reading). ``l2``: Eq. 6 as written, the Euclidean norm ``||P(x') - x||_2`` of each image,

@@ -85,17 +85,14 @@ def remove_unused_run_dir(run_dir: str | os.PathLike) -> None:
 
 def build_module(cfg: DictConfig) -> NRPModule:
     """NRPModule from the ``model`` (purifier), ``critic``, ``backbone``, ``attack``, ``loss`` and
-    ``module`` groups and the ``val_attack`` node; the ``output_classifier`` node is built only when
-    ``loss.kappa > 0``."""
+    ``module`` groups and the ``val_attack`` node."""
     inst = lambda node: hydra.utils.instantiate(node, _convert_="all")  # noqa: E731  (plain Python values)
-    kappa = cfg.loss.get("kappa", 0)  # not a number: NRPModule names the bad value
     purifier = inst(cfg.model)
     if cfg.get("init_purifier"):
         start_from(purifier, cfg.init_purifier)
     return NRPModule(
         purifier=purifier, critic=inst(cfg.critic), features=inst(cfg.backbone), attack=inst(cfg.attack),
         val_attack=inst(cfg.val_attack),
-        output_classifier=inst(cfg.output_classifier) if is_number(kappa) and kappa > 0 else None,
         **OmegaConf.to_container(cfg.loss, resolve=True), **OmegaConf.to_container(cfg.module, resolve=True), seed=cfg.seed,
     )
 
@@ -110,8 +107,7 @@ def start_from(purifier, path: str) -> None:
         purifier.load_state_dict(source.state_dict(), strict=True)
     except RuntimeError:
         raise ValueError(f"init_purifier={path} holds a {source.spec}, which does not match the model config "
-                         f"{type(purifier).__name__}{' with input skip' if getattr(purifier, 'input_skip', False) else ''}; "
-                         f"pick the model group (and model.input_skip) that matches it, or another file") from None
+                         f"{type(purifier).__name__}; pick the model group that matches it, or another file") from None
     log.info("purifier starts from %s (%s)", source.path, source.spec)
 
 

@@ -1,12 +1,13 @@
 """What a cell measures and how sure it is: accuracy of top-5 predictions against a reference, the
 share of predictions a defence changes, PSNR of defended clean images, and the 95% Wilson interval
 of a rate over n images (one image of 39 is 2.6 points: every rate in the report carries one), and
-the exact McNemar test of two defences scored on the same images."""
+the exact McNemar test of two defences scored on the same images, and the fine detail a defence keeps."""
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 
 from nrp_lightning.lit_module import psnr
 
@@ -62,3 +63,19 @@ def psnr_per_image(defended: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """PSNR (dB) of each image ``(N,3,H,W)`` in [0,1] of ``defended`` against ``clean``; ``inf`` where
     they are equal."""
     return torch.stack([psnr(d[None], c[None]) for d, c in zip(defended, clean)])
+
+
+_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def _laplacian(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel 3x3 Laplacian (the high-pass) of ``x`` ``(B, C, H, W)``: ``(B, C, H-2, W-2)``, fp32."""
+    c = x.shape[1]
+    kernel = _LAPLACIAN.to(device=x.device, dtype=torch.float32).expand(c, 1, 3, 3)
+    return F.conv2d(x.float(), kernel, groups=c)
+
+
+def detail_ratio(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` fine-detail energy of ``images`` over that of ``reference`` (mean squared 3x3
+    Laplacian of each image): 1 keeps the detail, < 1 smooths, > 1 adds."""
+    return _laplacian(images).pow(2).mean((1, 2, 3)) / _laplacian(reference).pow(2).mean((1, 2, 3))
