@@ -11,10 +11,10 @@ from nrp_lightning.purify import purify_images
 ATOL = 1e-5  # float32 kernels differ in summation order only
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["authors_layout", "input_skip"])
-def purifier(request):
+@pytest.fixture(scope="module")
+def purifier():
     torch.manual_seed(0)
-    return RRDBPurifier(8, 1, 4, input_skip=request.param).eval()
+    return RRDBPurifier(8, 1, 4).eval()
 
 
 def test_torchscript_matches_pytorch_at_another_size(tmp_path, purifier):

@@ -67,13 +67,12 @@ def test_small_sizes_detected_from_shapes():
     assert str(detect_purifier(random_state(official_resnet_shapes(16, 3)))) == "resnet purifier (nf=16 nb=3)"
 
 
-@pytest.mark.parametrize("net", [RRDBPurifier(8, 2, 4, input_skip=True), ResNetPurifier(8, 2, input_skip=True)])
-def test_input_skip_purifier_round_trips(tmp_path, net):
-    torch.save(net.state_dict(), tmp_path / "skip.pth")
-    loaded = load_purifier(tmp_path / "skip.pth")
-    assert loaded.input_skip and str(loaded.spec).endswith(", input skip)")
-    x = torch.rand(1, 3, 16, 16)
-    torch.testing.assert_close(loaded(x), net.eval()(x))
+def test_a_purifier_trained_with_the_removed_input_skip_is_refused_with_the_tag_that_loads_it(tmp_path):
+    state = RRDBPurifier(8, 2, 4).state_dict()
+    state["input_skip_marker"] = torch.zeros(0)  # what model.input_skip=true wrote up to lab-2026-12
+    torch.save(state, tmp_path / "skip.pth")
+    with pytest.raises(PurifierLoadError, match=r"model.input_skip=true.*lab-2026-12 \(commit 4733147\)"):
+        load_purifier(tmp_path / "skip.pth")
 
 
 class _Holder(pl.LightningModule):

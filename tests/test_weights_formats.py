@@ -62,7 +62,7 @@ def test_safetensors_round_trip_is_bit_identical_and_carries_the_card(shipped, t
 def test_the_shipped_purifiers_hub_folder_from_one_command(shipped, hub_folder):
     assert sorted(p.name for p in hub_folder.iterdir()) == sorted(HUB_FILES)
     config = json.loads((hub_folder / "config.json").read_text())
-    assert [config[k] for k in ("arch", "nf", "nb", "gc", "input_skip")] == ["rrdb", 32, 2, 16, False]
+    assert [config[k] for k in ("arch", "nf", "nb", "gc")] == ["rrdb", 32, 2, 16]
     readme = (hub_folder / "README.md").read_text()
     assert readme.startswith("---\nlibrary_name: nrp-lightning\n")
     assert SHIPPED_CARD["training_command"] in readme
@@ -135,13 +135,13 @@ def test_pth_files_still_load_with_weights_only(tmp_path, monkeypatch):
         load_purifier(tmp_path / "text.safetensors")
 
 
-def test_input_skip_purifiers_and_cardless_ones_travel_too(tmp_path):
-    purifier = RRDBPurifier(8, 1, 4, input_skip=True).eval()
+def test_cardless_purifiers_travel_too(tmp_path):
+    purifier = RRDBPurifier(8, 1, 4).eval()
     torch.save(purifier.state_dict(), tmp_path / "tiny.pth")
     tiny = load_purifier(tmp_path / "tiny.pth")
     assert tiny.card is None
     loaded = load_purifier(save_safetensors(tiny, tmp_path / "tiny.safetensors"))
-    assert loaded.spec.input_skip and loaded.card is None
+    assert loaded.card is None
     assert_bit_identical(tiny, loaded)
     assert purify_main(["export", str(tmp_path / "tiny.pth"), str(tmp_path / "folder"), "--format", "hub"]) == 0
     assert "No measurement is recorded" in (tmp_path / "folder" / "README.md").read_text()

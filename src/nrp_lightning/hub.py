@@ -50,7 +50,7 @@ def save_safetensors(purifier: nn.Module, path: str | os.PathLike, card: dict[st
 def hub_config(spec: PurifierSpec) -> dict[str, Any]:
     """``config.json``: what ``load_purifier`` checks the weights against, and how to load them."""
     return {"library_name": LIBRARY, "arch": spec.arch, "nf": spec.nf, "nb": spec.nb, "gc": spec.gc,
-            "input_skip": spec.input_skip, "architecture": str(spec),
+            "architecture": str(spec),
             "input": "(B,3,H,W) RGB in [0,1], any size; output unclamped (clamp to [0,1])"}
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from nrp_lightning.attacks.ssp import project_linf
 from nrp_lightning.models.features import Normalize
-from nrp_lightning.models.purifier import INPUT_SKIP_KEY, ResNetPurifier, RRDBPurifier
+from nrp_lightning.models.purifier import ResNetPurifier, RRDBPurifier
 from nrp_lightning.tiling import purify_tiled
 from nrp_lightning.weights import (SAFETENSORS_SUFFIX, WeightsNotFoundError, hf_snapshot, load_state_dict,
                                    safetensors_metadata)
@@ -35,7 +35,10 @@ DYNAMIC_EPS = 16.0  # l_inf bound of that noise, pixel units (/255)
 # purifier's zero padding would otherwise dominate a 1x1 or 2x2 input.
 MIN_SIDE = 16
 LIGHTNING_PREFIXES = ("purifier._orig_mod.", "purifier.")
-# The purifier trained by this project's CPU recipe (experiment=nrp_cpu, docs/reproduction.md),
+# The notebook's options (model.input_skip and others measured as no gain) were removed after this commit.
+LAB_TAG = "lab-2026-12 (commit 4733147)"
+INPUT_SKIP_KEY = "input_skip_marker"  # state-dict entry of purifiers trained with the removed model.input_skip
+# The purifier trained by this project's CPU recipe (experiment=nrp_cpu, lab/NOTEBOOK.md),
 # shipped in the package with its card (config, command, corpus, metrics) beside it.
 DEFAULT_PURIFIER = Path(__file__).parent / "pretrained" / "nrp_cpu.pth"
 EXPECTED = ("expected a purifier: the authors' NRP.pth (RRDB keys conv_first.*, RRDB_trunk.{i}.RDB{1,2,3}."
@@ -57,23 +60,21 @@ class PurifierLoadError(ValueError):
 
 @dataclass(frozen=True)
 class PurifierSpec:
-    """Architecture and size read off a state dict: ``arch`` is ``rrdb`` or ``resnet``;
-    ``input_skip`` when the state dict carries the ``INPUT_SKIP_KEY`` entry (models/purifier.py)."""
+    """Architecture and size read off a state dict: ``arch`` is ``rrdb`` or ``resnet``."""
 
     arch: str
     nf: int
     nb: int
     gc: int | None = None
-    input_skip: bool = False
 
     def build(self) -> nn.Module:
         if self.arch == "rrdb":
-            return RRDBPurifier(nf=self.nf, nb=self.nb, gc=self.gc, input_skip=self.input_skip)
-        return ResNetPurifier(nf=self.nf, nb=self.nb, input_skip=self.input_skip)
+            return RRDBPurifier(nf=self.nf, nb=self.nb, gc=self.gc)
+        return ResNetPurifier(nf=self.nf, nb=self.nb)
 
     def __str__(self) -> str:
         size = f"nf={self.nf} nb={self.nb}" + (f" gc={self.gc}" if self.gc is not None else "")
-        return f"{self.arch} purifier ({size}{', input skip' if self.input_skip else ''})"
+        return f"{self.arch} purifier ({size})"
 
 
 def _describe_keys(state: dict[str, Any]) -> str:
@@ -126,16 +127,19 @@ def detect_purifier(state: dict[str, torch.Tensor], source: str = "state dict") 
             raise PurifierLoadError(f"{source}: key {key} is missing; it is {_describe_keys(state)}; {EXPECTED}")
         return value.shape
 
-    input_skip = INPUT_SKIP_KEY in state
+    if INPUT_SKIP_KEY in state:
+        raise PurifierLoadError(f"{source} was trained with model.input_skip=true (P(x) = x + g(x)), an option removed "
+                                f"after the tag {LAB_TAG} (measured as no gain, docs/results.md); load it with "
+                                f"nrp-lightning at that tag")
     if "conv_first.weight" in state and any(k.startswith("RRDB_trunk.") for k in state):
         nf = shape("conv_first.weight")[0]
         gc = shape("RRDB_trunk.0.RDB1.conv1.weight")[0]
         nb = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"RRDB_trunk\.(\d+)\.", k)))
-        return PurifierSpec("rrdb", nf, nb, gc, input_skip)
+        return PurifierSpec("rrdb", nf, nb, gc)
     if "conv_first.weight" in state and any(k.startswith("recon_trunk.") for k in state):
         nf = shape("conv_first.weight")[0]
         nb = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"recon_trunk\.(\d+)\.", k)))
-        return PurifierSpec("resnet", nf, nb, input_skip=input_skip)
+        return PurifierSpec("resnet", nf, nb)
     raise PurifierLoadError(f"{source} is {_describe_keys(state)}; {EXPECTED}")
 
 
@@ -164,10 +168,9 @@ def _check_hub_config(path: Path, spec: PurifierSpec) -> None:
         return
     try:
         config = json.loads(config_path.read_text())
-        said = PurifierSpec(config["arch"], config["nf"], config["nb"], config.get("gc"),
-                            config.get("input_skip", False))
+        said = PurifierSpec(config["arch"], config["nf"], config["nb"], config.get("gc"))
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise PurifierLoadError(f"{config_path} is not a purifier config (arch, nf, nb, gc, input_skip): "
+        raise PurifierLoadError(f"{config_path} is not a purifier config (arch, nf, nb, gc): "
                                 f"{exc!r}") from None
     if said != spec:
         raise PurifierLoadError(f"{config_path} says {said} but {path} holds a {spec}; export the folder again")

@@ -1,4 +1,4 @@
-"""Purifier networks P_theta (Sec. 3.3): RRDB and ResNet generators, without an input skip by default.
+"""Purifier networks P_theta (Sec. 3.3): RRDB and ResNet generators.
 
 Parameter names follow the authors' released ``NRP.pth`` (RRDB) and ``NRP_resG.pth`` (ResNet)
 state dicts exactly, so both load with ``strict=True``.
@@ -10,16 +10,8 @@ Initialisation: every conv inside a residual branch (the five convs of each resi
 block, the two of each ResNet block) starts Kaiming-normal (fan-in) scaled by
 ``RESIDUAL_INIT_SCALE`` = 0.1 with zero bias, as BasicSR's ``default_init_weights(..., 0.1)`` and
 the authors' ``initialize_weights(..., 0.1)`` do, so each block starts close to the identity.
-``init_scale=None`` keeps PyTorch's default init instead (for comparison: docs/reproduction.md).
+``init_scale=None`` keeps PyTorch's default init instead (for comparison: lab/NOTEBOOK.md).
 Loading a state dict replaces it.
-
-``input_skip=True`` (an option the paper does not have; off in ``experiment=nrp_full``) adds the
-input to the output, ``P(x) = x + g(x)``, so the network predicts the correction (the residual
-learning of DnCNN-style denoisers) instead of redrawing the whole image; its last conv then starts
-at Kaiming x ``init_scale`` too, so ``P`` starts near the identity. Such a purifier carries one
-extra state-dict entry, the empty buffer ``input_skip_marker``, so that loaders can tell it from the
-authors' layout (``purify.detect_purifier``) and the authors' strict loaders refuse it rather
-than run it without the skip.
 """
 from __future__ import annotations
 
@@ -28,7 +20,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 RESIDUAL_INIT_SCALE = 0.1  # BasicSR / the authors' module_util.initialize_weights(..., 0.1)
-INPUT_SKIP_KEY = "input_skip_marker"  # the state-dict entry of an input-skip purifier (module docstring)
 
 
 def init_residual_branch(convs: list[nn.Conv2d], scale: float | None = RESIDUAL_INIT_SCALE) -> None:
@@ -41,20 +32,6 @@ def init_residual_branch(convs: list[nn.Conv2d], scale: float | None = RESIDUAL_
         conv.weight.data.mul_(scale)
         if conv.bias is not None:
             nn.init.zeros_(conv.bias)
-
-
-class _InputSkip(nn.Module):
-    """Shared by both purifiers: the ``input_skip`` option (module docstring)."""
-
-    def _setup_input_skip(self, input_skip: bool, last: nn.Conv2d, init_scale: float | None) -> None:
-        self.input_skip = bool(input_skip)
-        if self.input_skip:
-            # The marker key that tells loaders this state dict needs the skip: an empty tensor.
-            self.register_buffer(INPUT_SKIP_KEY, torch.zeros(0), persistent=True)
-            init_residual_branch([last], init_scale)
-
-    def _output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        return x + out if self.input_skip else out
 
 
 class ResidualDenseBlock(nn.Module):
@@ -110,9 +87,9 @@ class _Trunk(nn.Sequential):
         return x
 
 
-class RRDBPurifier(_InputSkip):
-    """NRP's generator: ``conv_first`` -> ``nb`` RRDB blocks -> ``trunk_conv`` (no input skip
-    unless ``input_skip``: module docstring).
+class RRDBPurifier(nn.Module):
+    """NRP's generator: ``conv_first`` -> ``nb`` RRDB blocks -> ``trunk_conv`` (no input skip,
+    as the authors').
 
     Official size ``nf=64, nb=23, gc=32`` (16.55M parameters). ``activation_checkpointing``
     trades one extra trunk forward in backward for not storing the trunk's activations.
@@ -120,7 +97,7 @@ class RRDBPurifier(_InputSkip):
     """
 
     def __init__(self, nf: int = 64, nb: int = 23, gc: int = 32, activation_checkpointing: bool = False,
-                 init_scale: float | None = RESIDUAL_INIT_SCALE, input_skip: bool = False) -> None:
+                 init_scale: float | None = RESIDUAL_INIT_SCALE) -> None:
         super().__init__()
         if min(nf, nb, gc) < 1:
             raise ValueError(f"RRDBPurifier needs nf, nb, gc >= 1, got nf={nf} nb={nb} gc={gc}")
@@ -128,10 +105,9 @@ class RRDBPurifier(_InputSkip):
         self.RRDB_trunk = _Trunk(*[RRDB(nf, gc, init_scale=init_scale) for _ in range(nb)])
         self.RRDB_trunk.checkpointing = activation_checkpointing
         self.trunk_conv = nn.Conv2d(nf, 3, 3, 1, 1)
-        self._setup_input_skip(input_skip, self.trunk_conv, init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._output(x, self.trunk_conv(self.RRDB_trunk(self.conv_first(x))))
+        return self.trunk_conv(self.RRDB_trunk(self.conv_first(x)))
 
 
 class ResidualBlockNoBN(nn.Module):
@@ -147,12 +123,11 @@ class ResidualBlockNoBN(nn.Module):
         return x + self.conv2(torch.relu(self.conv1(x)))
 
 
-class ResNetPurifier(_InputSkip):
-    """The second released purifier: ``conv_first`` -> ``nb`` residual blocks -> ``conv_last``
-    (plus the input when ``input_skip``: module docstring)."""
+class ResNetPurifier(nn.Module):
+    """The second released purifier: ``conv_first`` -> ``nb`` residual blocks -> ``conv_last``."""
 
     def __init__(self, nf: int = 64, nb: int = 23, activation_checkpointing: bool = False,
-                 init_scale: float | None = RESIDUAL_INIT_SCALE, input_skip: bool = False) -> None:
+                 init_scale: float | None = RESIDUAL_INIT_SCALE) -> None:
         super().__init__()
         if min(nf, nb) < 1:
             raise ValueError(f"ResNetPurifier needs nf, nb >= 1, got nf={nf} nb={nb}")
@@ -161,10 +136,9 @@ class ResNetPurifier(_InputSkip):
         self.recon_trunk.checkpointing = activation_checkpointing
         self.conv_last = nn.Conv2d(nf, 3, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(0.1, inplace=True)
-        self._setup_input_skip(input_skip, self.conv_last, init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._output(x, self.conv_last(self.recon_trunk(self.lrelu(self.conv_first(x)))))
+        return self.conv_last(self.recon_trunk(self.lrelu(self.conv_first(x))))
 
 
 def purify(purifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
