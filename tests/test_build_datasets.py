@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.build_datasets import main
+from scripts.build_datasets import main
 from nrp_lightning.eval_data import neurips_dev, neurips_split
 
 
@@ -64,7 +64,7 @@ def test_neurips_builder_copies_listed_images_with_labels_split_and_manifest(tmp
 def test_imagenet_builder_takes_only_the_even_positions_and_never_opens_the_odd_ones(tmp_path, monkeypatch):
     import shutil
 
-    import experiments.build_datasets as builder
+    import scripts.build_datasets as builder
 
     opened, real_copyfile = [], shutil.copyfile
     monkeypatch.setattr(builder.shutil, "copyfile", lambda src, dst, **kw: (opened.append(src.name),
@@ -102,5 +102,5 @@ def test_a_folder_of_the_wrong_repository_is_a_one_line_error(tmp_path):
 
 
 def test_the_neurips_loader_says_how_to_build_the_folder_when_it_is_missing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="build it with experiments/build_datasets.py neurips"):
+    with pytest.raises(FileNotFoundError, match="build it with scripts/build_datasets.py neurips"):
         neurips_dev(str(tmp_path / "nowhere"))

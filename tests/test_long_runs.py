@@ -1,4 +1,4 @@
-"""Issue 12: runs that survive a non-finite loss, a signal and a torn checkpoint."""
+"""Runs that survive a non-finite loss, a signal and a torn checkpoint."""
 from __future__ import annotations
 
 import os

@@ -69,7 +69,7 @@ def agreement(x: torch.Tensor, labels: torch.Tensor, attack_steps: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", default="data/neurips2017", help="a NeurIPS-2017 folder (labelled) built by "
-                        "experiments/build_datasets.py neurips")
+                        "scripts/build_datasets.py neurips")
     parser.add_argument("--n", type=int, default=16, help="images of the dev split (default 16)")
     parser.add_argument("--attack-steps", type=int, default=10, help="MI-FGSM steps (default 10; 0: purification only, "
                         "where bf16 is emulated and slow)")

@@ -41,7 +41,7 @@ def purify_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", help="the authors' NRP.pth or NRP_resG.pth, a purifier.pth exported by "
                         "nrp-train or an nrp-train .ckpt (default: the purifier shipped in the package, nrp_cpu.pth, "
                         "trained by `python train.py experiment=nrp_cpu attack=classifier` (DIM adversaries of "
-                        "MobileNetV2 as training inputs); see docs/reproduction.md)")
+                        "MobileNetV2 as training inputs); see lab/NOTEBOOK.md)")
     parser.add_argument("--dynamic", action="store_true", help="dynamic inference: purify x + clipped Gaussian "
                         "noise (sigma 0.05, within 16/255), the authors' defence against white-box attackers")
     parser.add_argument("--halo", type=int, help="context px per tile side (default: the purifier's receptive "
@@ -49,7 +49,7 @@ def purify_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gate", action="store_true", help="purify only the images whose features purification "
                         "moves by more than the gate's threshold (those that look attacked) and write the others "
                         "unchanged; the gate calibrated for the purifier is read from the JSON beside its file "
-                        "(the shipped purifier has one; experiments/calibrate_gate.py makes one)")
+                        "(the shipped purifier has one; scripts/calibrate_gate.py makes one)")
     parser.add_argument("--gate-threshold", type=float, metavar="TAU", help="the gate's threshold on the feature "
                         "distance instead of the calibrated one (implies --gate; the feature extractor still comes from the "
                         "purifier's calibrated gate). A gate helps only against attackers who do not know of it: see "

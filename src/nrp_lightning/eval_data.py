@@ -6,7 +6,7 @@ its own clean prediction (fooling rate). Three sources:
 * ``neurips_dev(root)``: the NeurIPS 2017 adversarial-competition dev set (the paper's
   "ImageNet-NeurIPS"): ``root/images/*.png`` and ``root/images.csv`` with columns ``ImageId`` and
   ``TrueLabel`` (1..1000; 0 is background), or any folder with such a CSV; ``split="dev"`` or
-  ``"test"`` keeps one side of the fixed split ``neurips_split`` (``experiments/build_datasets.py
+  ``"test"`` keeps one side of the fixed split ``neurips_split`` (``scripts/build_datasets.py
   neurips`` builds the folder from a clone);
 * ``image_folder(root)``: class folders (ImageNet synsets ``n01440764``... sorted = class index,
   or integer folder names), or a flat folder without labels;
@@ -18,6 +18,7 @@ that cached adversarial examples (stored as uint8) keep the exact budget.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from nrp_lightning.data import EmbeddedImages
-from nrp_lightning.images import ImageLoadError, list_images, load_image
+from nrp_lightning.images import IMAGE_EXTENSIONS, ImageLoadError, list_images, load_image
 
 UNKNOWN = -1
 NEURIPS_CSV = "images.csv"  # ImageId, TrueLabel (1-based) [, split], beside images/
@@ -140,7 +141,7 @@ def neurips_dev(root: str, size: int = 299, labels_csv: str | None = None, limit
                                                           if p.is_file()), None)
     if csv_path is None or not csv_path.is_file():
         raise FileNotFoundError(f"no label CSV for {root}: expected {root}/{NEURIPS_CSV} (columns ImageId, TrueLabel); "
-                                f"build it with experiments/build_datasets.py neurips CLONE --out {root}, or pass labels_csv=")
+                                f"build it with scripts/build_datasets.py neurips CLONE --out {root}, or pass labels_csv=")
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"ImageId", "TrueLabel"} <= set(rows[0]):
@@ -185,3 +186,22 @@ def image_folder(root: str, size: int = 224, limit: int | None = None, crops: in
                    [f"{p.relative_to(root)}#{k}" for p in kept for k in range(crops)],
                    f"image folder {root} ({len(kept)} files x {crops} crops at {size} px"
                    f"{', labelled' if labels[0] >= 0 else ', unlabelled'})")
+
+
+def photo_views(root: Path, size: int = 224) -> torch.Tensor:
+    """The photo screens' views ``(5·files, 3, size, size)`` of the photos under ``root`` (centre
+    square and four 70% corners each, ``CROPS``); a folder without images, or with an unreadable
+    one, is a ``ValueError`` that names it (``FileNotFoundError`` for a missing folder)."""
+    paths = list_images(root)
+    if not paths:
+        raise ValueError(f"no images under {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}; the corpus's "
+                         "photos: python scripts/build_photo_corpus.py --out data/photos)")
+    return torch.stack([center_square(load_image(p), size, s, o) for p in paths for s, o in CROPS])
+
+
+def photo_views_or_exit(parser: argparse.ArgumentParser, root: Path, size: int = 224) -> torch.Tensor:
+    """``photo_views(root, size)``, or the command's one-line usage error naming the folder or file."""
+    try:
+        return photo_views(root, size)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))

@@ -9,12 +9,12 @@ the feature distortion the perturbation made. The gate measures that move,
 and keeps the input where it is small:  D(x) = P(x) if s(x) > τ, else x.  A clean photo the gate
 passes keeps every pixel (and every classifier's prediction); an input it flags is purified as
 without the gate. ``calibrate_threshold`` sets τ from clean photos and weakly attacked ones
-(docs/reproduction.md, "Purify only what looks attacked").
+(lab/NOTEBOOK.md, "Purify only what looks attacked").
 
 The gate is a detector. A photo it flags by mistake is purified as plain NRP would purify it, no
 worse; but an attacker who knows it keeps the perturbation's score below τ and nothing is
 purified: on the held-out views such a transfer attack gets through as with no defence
-(``experiments/probe_gate.py --evade``). Plain NRP fares no better against an attacker who knows
+(``lab/probe_gate.py --evade``). Plain NRP fares no better against an attacker who knows
 it: a transfer attack crafted through the purifier gets through it as well (``--through-purifier``).
 It helps only against attackers who do not know of the defence.
 """
@@ -52,17 +52,17 @@ class GateSpec:
     @classmethod
     def from_metadata(cls, metadata_path: str | Path) -> GateSpec:
         """The gate calibrated for a purifier, from the ``"gate"`` entry of its metadata JSON
-        (``pretrained/nrp_cpu.json`` for the shipped one; written by ``experiments/calibrate_gate.py``)."""
+        (``pretrained/nrp_cpu.json`` for the shipped one; written by ``scripts/calibrate_gate.py``)."""
         path = Path(metadata_path)
         try:
             entry = json.loads(path.read_text())[GATE_KEY]
             return cls(entry["backbone"], int(entry["layer"]), float(entry["threshold"]))
         except FileNotFoundError:
             raise GateConfigError(f"no metadata file {path} beside the purifier: calibrate a gate for it with "
-                                  "python experiments/calibrate_gate.py PURIFIER --write") from None
+                                  "python scripts/calibrate_gate.py PURIFIER --write") from None
         except (KeyError, TypeError, ValueError) as exc:
             raise GateConfigError(f"{path} holds no usable {GATE_KEY!r} entry ({exc!r}): calibrate a gate with "
-                                  "python experiments/calibrate_gate.py PURIFIER --write") from None
+                                  "python scripts/calibrate_gate.py PURIFIER --write") from None
 
 
 class PurificationGate(nn.Module):

@@ -5,7 +5,7 @@
 * ``ClassifierAttack``: logit-space adversaries of a pretrained classifier (FGSM, I-FGSM, MI-FGSM
   or DIM from ``attacks.transfer``), labelled with the classifier's own clean prediction. Not in
   the paper, which trains on SSP to avoid exactly this label-space dependence; it exists to ask
-  what a purifier trained on the evaluation's own attack family removes (docs/reproduction.md).
+  what a purifier trained on the evaluation's own attack family removes (lab/NOTEBOOK.md).
 * ``FGSP``: the paper's Fig. 5 input, single-step FGSM of a classifier (``ClassifierAttack`` with
   ``method="fgsm"``; the paper names neither model nor labels, this is our documented choice).
   The feature extractor is not used by either.

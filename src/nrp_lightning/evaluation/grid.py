@@ -10,15 +10,14 @@ for unlabelled data, against the undefended victim's clean top-1 prediction; att
 (Table 1, lower is better for the defence) = 100 - top-1. Both sides of a defence are measured:
 on clean images, the share of the victim's clean top-1 predictions it changes and, once per
 defence, PSNR(D(x), x); a targeted attack (``targeted=True``) aims each image at a class of
-``Grid.targets`` and its success rate is the share the victim classifies as that class; every scored row also holds top-1 on the victim's *confident subset*,
-the images whose clean top-1 softmax probability is at least ``confident_threshold`` (abstract
-or near-constant crops flip under any change).
+``Grid.targets`` (success: the share classified as that class); every row also holds top-1 on the
+victim's *confident subset*, the images whose clean top-1 probability is at least
+``confident_threshold`` (near-constant crops flip under any change).
 
-On labelled data every row also holds, image by image, whether the victim's top-1 is right
-(``correct``, a string of ``0``/``1`` in the data's order, so that two defences can be compared
-image for image with the exact McNemar test: ``tables.paired_table``), and the attack success rate
-among the images the undefended victim classifies right when clean (``success_clean_correct`` over
-``n_clean_correct`` images), the other way the literature reports success.
+On labelled data every row also holds whether the victim's top-1 is right, image by image
+(``correct``: ``0``/``1`` in the data's order, for the exact McNemar test of ``tables.paired_table``),
+and the success rate among the images the undefended victim gets right clean
+(``success_clean_correct`` over ``n_clean_correct``), the literature's other measure.
 """
 from __future__ import annotations
 
@@ -135,9 +134,8 @@ class Grid:
             self.defenses = {NO_DEFENSE: NoDefense(), **self.defenses}
         if self.defended_victims is None:
             self.defended_victims = [list(self.victims)[-1]]
-        for name in self.defended_victims:
-            if name not in self.victims:
-                raise ValueError(f"defended victim {name!r} is not among the victims {list(self.victims)}")
+        if unknown := [v for v in self.defended_victims if v not in self.victims]:
+            raise ValueError(f"defended victim {unknown[0]!r} is not among the victims {list(self.victims)}")
         if self.eps_sweep:
             if self.sweep_attack not in self.attacks:
                 raise ValueError(f"sweep_attack {self.sweep_attack!r} is not among the attacks {list(self.attacks)}")
@@ -145,8 +143,7 @@ class Grid:
                 raise ValueError(f"sweep_source {self.sweep_source!r} is not among the sources {list(self.sources)}")
         for label, defense in self.defenses.items():
             defense.label = label
-        unknown = [d for d in self.paired_with if d not in self.defenses]
-        if unknown:
+        if unknown := [d for d in self.paired_with if d not in self.defenses]:
             raise ValueError(f"paired_with names defences that are not in the grid: {unknown} (have {list(self.defenses)})")
 
 
@@ -162,9 +159,8 @@ def adv_sets(grid: Grid) -> list[tuple[str, str, Any, nn.Module | None, bool]]:
         attack = grid.attacks[grid.sweep_attack]
         source = attack.source_name if isinstance(attack, SelfSupervised) else grid.sweep_source
         model = None if isinstance(attack, SelfSupervised) else grid.sources[grid.sweep_source]
-        for eps in grid.eps_sweep:
-            if eps != attack.eps:
-                sets.append((source, grid.sweep_attack, attack.with_eps(eps), model, False))
+        sets.extend((source, grid.sweep_attack, attack.with_eps(eps), model, False) for eps in grid.eps_sweep
+                    if eps != attack.eps)
     return sets
 
 

@@ -1,12 +1,12 @@
 """What a purifier does to clean images' fine detail, and whether that detail is what changes the
-classifiers' predictions (issue 10's clean-change target): a diagnosis, not a defence.
+classifiers' predictions (the CPU recipe's clean-change target): a diagnosis, not a defence.
 
-    python experiments/probe_detail.py [PURIFIER.pth]   # default: the shipped purifier
+    python lab/probe_detail.py [PURIFIER.pth]   # default: the shipped purifier
 
-On the screen's 35 held-out crops (``probe_purifier.heldout_images``) it prints, for the purifier
+On the screen's 35 held-out crops (``eval_data.photo_views``) it prints, for the purifier
 and for JPEG q75:
 
-* ``detail``: the fine-detail energy kept, % of x's (``losses.detail_ratio``, 3x3 Laplacian);
+* ``detail``: the fine-detail energy kept, % of x's (``evaluation.metrics.detail_ratio``, 3x3 Laplacian);
 * ``low rms`` / ``high rms``: RMS of D(x) - x below and above a 9x9 box blur (colour and shading
   errors against texture errors), in 8-bit levels;
 * per classifier, the clean top-1 predictions changed, and the same after two *oracle* repairs
@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_purifier import VICTIMS, _batched, predict, views_or_exit  # noqa: E402
+from probe_purifier import VICTIMS, _batched, predict  # noqa: E402
 
+from nrp_lightning.eval_data import photo_views_or_exit  # noqa: E402
 from nrp_lightning.defenses import JPEG  # noqa: E402
-from nrp_lightning.losses import detail_ratio  # noqa: E402
+from nrp_lightning.evaluation.metrics import detail_ratio  # noqa: E402
 from nrp_lightning.models.classifiers import load_classifier  # noqa: E402
 from nrp_lightning.purify import load_purifier  # noqa: E402
 
@@ -52,7 +53,7 @@ def main(argv=None) -> None:
     parser.add_argument("--photos", type=Path, default=Path("data/photos/heldout"))
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    x = views_or_exit(parser, args.photos)
+    x = photo_views_or_exit(parser, args.photos)
     purifier = load_purifier(args.purifier).eval()
     with torch.no_grad():
         outputs = {"NRP": _batched(lambda b: purifier(b).clamp(0, 1), x),

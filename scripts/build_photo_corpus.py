@@ -1,4 +1,4 @@
-"""Build the offline natural-photo corpus of issue 10: train and held-out photos, no internet.
+"""Build the offline natural-photo corpus: train and held-out photos, no internet.
 
 Sources (and only these): the photos that installed Python packages ship (scikit-image,
 scikit-learn, matplotlib) and four Debian wallpaper packages, ``plasma-workspace-wallpapers``,
@@ -7,7 +7,7 @@ scikit-learn, matplotlib) and four Debian wallpaper packages, ``plasma-workspace
 Other wallpaper packages are an unseen test set: do not add them here.
 
 Which files are natural photographs, and which side of the split each is on, is the fixed list
-``experiments/photo_corpus.csv`` (name, split, source, path, licence): abstract and vector art,
+``scripts/photo_corpus.csv`` (name, split, source, path, licence): abstract and vector art,
 and the packages' repeated resolutions of one picture, were left out by looking at every file.
 Of the four packages only ``plasma-workspace-wallpapers`` holds photographs; gnome, ukui and sway
 ship illustrations only.
@@ -16,7 +16,7 @@ Every photo is written as ``OUT/<split>/<name>.png``, its shorter side reduced t
 ``--max-side`` pixels (antialiased; the evaluation's 224 px crops and the training's multi-scale
 crops never need more), with ``OUT/MANIFEST.csv`` (name, split, size, sha256, licence).
 
-    python experiments/build_photo_corpus.py --out data/photos
+    python scripts/build_photo_corpus.py --out data/photos
 """
 from __future__ import annotations
 

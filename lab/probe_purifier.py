@@ -5,12 +5,12 @@ against x, the fine detail P(x) keeps (``detail``: % of x's Laplacian energy, ``
 share of clean top-1 predictions each of the four shipped classifiers changes) and
 attacks must lose their effect (MI-FGSM and SSP at eps 16, crafted on MobileNetV2 or on
 ``--source``, success on the black-box EfficientNet-Lite0; ``--attacks MI-FGSM DIM SSP`` adds DIM). JPEG q75 is measured beside it. The reported numbers of
-docs/reproduction.md come from ``eval.py``, not from this screen.
+lab/NOTEBOOK.md come from ``eval.py``, not from this screen.
 
-    python experiments/probe_purifier.py outputs/nrp_cpu-none/purifier.pth [more.pth ...]
-    python experiments/probe_purifier.py a.pth b.pth --names a b --inference plain dynamic_avg4 --paired a+dynamic_avg4
+    python lab/probe_purifier.py outputs/nrp_cpu-none/purifier.pth [more.pth ...]
+    python lab/probe_purifier.py a.pth b.pth --names a b --inference plain dynamic_avg4 --paired a+dynamic_avg4
 
-Held-out photos: ``data/photos/heldout`` (``experiments/build_photo_corpus.py``), 5 crops each
+Held-out photos: ``data/photos/heldout`` (``scripts/build_photo_corpus.py``), 5 crops each
 (centre square and four 70% corners) at 224 px; adversarial sets are cached in ``--cache``.
 """
 from __future__ import annotations
@@ -26,10 +26,8 @@ import torch
 from nrp_lightning.attacks.ssp import SSP
 from nrp_lightning.attacks.transfer import dim, mifgsm
 from nrp_lightning.defenses import JPEG
-from nrp_lightning.eval_data import CROPS, center_square, to_uint8
-from nrp_lightning.evaluation.metrics import psnr_per_image
-from nrp_lightning.images import IMAGE_EXTENSIONS, list_images, load_image
-from nrp_lightning.losses import detail_ratio
+from nrp_lightning.eval_data import photo_views, to_uint8
+from nrp_lightning.evaluation.metrics import detail_ratio, psnr_per_image
 from nrp_lightning.models.classifiers import load_classifier
 from nrp_lightning.models.features import mobilenet_v2
 from nrp_lightning.purify import load_purifier
@@ -38,25 +36,6 @@ VICTIMS = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficien
 BLACK_BOX = "efficientnet_lite0"
 SOURCE = "mobilenet_v2"
 CONFIDENT = 0.3
-
-
-def heldout_images(root: Path, size: int = 224) -> torch.Tensor:
-    """The screen's views ``(5·files, 3, size, size)`` of the photos under ``root`` (centre square and
-    four 70% corners each); a folder without images, or with an unreadable one, is a ``ValueError``
-    that names it (``FileNotFoundError`` for a missing folder)."""
-    paths = list_images(root)
-    if not paths:
-        raise ValueError(f"no images under {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}; the corpus's "
-                         "held-out photos: python experiments/build_photo_corpus.py --out data/photos)")
-    return torch.stack([center_square(load_image(p), size, s, o) for p in paths for s, o in CROPS])
-
-
-def views_or_exit(parser: argparse.ArgumentParser, root: Path, size: int = 224) -> torch.Tensor:
-    """``heldout_images(root, size)``, or the CLI's one-line usage error naming the folder or file."""
-    try:
-        return heldout_images(root, size)
-    except (ValueError, FileNotFoundError) as exc:
-        parser.error(str(exc))
 
 
 @torch.no_grad()
@@ -149,7 +128,7 @@ def screen_inputs(photos: Path, cache: Path, attacks: tuple[str, ...] = SCREEN_A
     if source != SOURCE and "SSP" in attacks:
         raise ValueError(f"SSP is crafted on MobileNetV2's features only; with --source {source} "
                          "choose from --attacks MI-FGSM DIM")
-    x = heldout_images(photos)
+    x = photo_views(photos)
     victims = {v: load_classifier(v) for v in VICTIMS}
     tag = "" if source == SOURCE else source
     return x, victims, adversarial_sets(x, victims[source], cache, attacks, tag)
@@ -163,11 +142,11 @@ def add_screen_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attacks", nargs="+", default=list(SCREEN_ATTACKS), metavar="NAME",
                         help="attack columns, crafted on --source at eps 16: MI-FGSM, DIM, SSP (default: %(default)s)")
     parser.add_argument("--black-boxes", nargs="+", default=[BLACK_BOX], metavar="VICTIM", choices=VICTIMS,
-                        help="victims whose attack success is counted (default: %(default)s; issue 10's "
+                        help="victims whose attack success is counted (default: %(default)s; the CPU recipe's "
                              "targets name efficientnet_lite0 efficientnet_lite1 efficientnet_lite2)")
     parser.add_argument("--source", default=SOURCE, choices=VICTIMS,
                         help="the classifier MI-FGSM and DIM are crafted on (default: %(default)s, the source of "
-                             "issue 10's targets and the purifier's own training network; another one asks "
+                             "the CPU recipe's targets and the purifier's own training network; another one asks "
                              "whether a purifier removes attacks from a network it never saw)")
 
 

@@ -1,6 +1,6 @@
 """Ship a trained purifier as the package's default, with its card beside it.
 
-    python experiments/ship_purifier.py outputs/nrp_cpu-none [--eval outputs/eval/heldout]
+    python scripts/ship_purifier.py outputs/nrp_cpu-none [--eval outputs/eval/heldout]
 
 Copies ``RUN/purifier.pth`` to ``src/nrp_lightning/pretrained/nrp_cpu.pth`` (a plain state dict
 in the authors' key layout, checked to load with ``weights_only=True`` and ``strict=True``) and
@@ -11,8 +11,8 @@ calibrated gate: ``calibrate_gate.py RUN/purifier.pth --write`` records one in `
 for those very bytes, and the card carries it over. Without one the card has no gate and the
 script says to calibrate it on the shipped file.
 
-    python experiments/calibrate_gate.py outputs/RUN/purifier.pth --write   # gate beside the run
-    python experiments/ship_purifier.py outputs/RUN --eval outputs/eval/heldout
+    python scripts/calibrate_gate.py outputs/RUN/purifier.pth --write   # gate beside the run
+    python scripts/ship_purifier.py outputs/RUN --eval outputs/eval/heldout
     nrp-purify export hub/nrp_cpu   # then its Hugging Face Hub folder, model card from the card
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def run_gate(run: Path) -> dict | None:
     It holds for the copy only if it was calibrated on ``RUN/purifier.pth`` as it is now: a gate whose
     recorded ``purifier_sha256`` names other bytes (the run went on after calibrating) is refused."""
     path, weights = run / "purifier.json", run / "purifier.pth"
-    again = f"calibrate again: python experiments/calibrate_gate.py {weights} --write"
+    again = f"calibrate again: python scripts/calibrate_gate.py {weights} --write"
     if not path.is_file():
         return None
     try:
@@ -77,10 +77,10 @@ def ship(run: Path, eval_dir: Path | None = None, manifest: Path = Path("data/ph
         "parameters": sum(p.numel() for p in purifier.parameters()),
         "input": "(B,3,H,W) RGB in [0,1], any size; output unclamped (clamp to [0,1])",
         "training_command": "python train.py " + " ".join(overrides),
-        "corpus": "python experiments/build_photo_corpus.py --out data/photos (experiments/photo_corpus.csv)",
+        "corpus": "python scripts/build_photo_corpus.py --out data/photos (scripts/photo_corpus.csv)",
         "training_photos": training_photos(manifest),
         "config": yaml.safe_load((run / ".hydra" / "config.yaml").read_text()),
-        "report": "docs/reproduction.md",
+        "report": "docs/results.md",
     }
     if gate is not None:
         card[GATE_KEY] = gate
@@ -101,7 +101,7 @@ def main() -> None:
     if GATE_KEY in json.loads(dest.with_suffix(".json").read_text()):
         print(f"shipped {dest} with the gate of {args.run / 'purifier.json'}")
     else:
-        print(f"shipped {dest} without a gate; calibrate it next: python experiments/calibrate_gate.py --write")
+        print(f"shipped {dest} without a gate; calibrate it next: python scripts/calibrate_gate.py --write")
 
 
 if __name__ == "__main__":

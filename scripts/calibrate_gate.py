@@ -7,8 +7,8 @@ attack (MI-FGSM at ``--eps``, default 4/255, the smallest budget of the evaluati
 on ``--source``), and sets τ halfway between the highest clean score and the lowest attacked one.
 Calibrate on the purifier's *training* photos: the held-out photos are for measuring the gate.
 
-    python experiments/calibrate_gate.py                      # the shipped purifier, data/photos/train
-    python experiments/calibrate_gate.py outputs/RUN/purifier.pth --write   # writes outputs/RUN/purifier.json
+    python scripts/calibrate_gate.py                      # the shipped purifier, data/photos/train
+    python scripts/calibrate_gate.py outputs/RUN/purifier.pth --write   # writes outputs/RUN/purifier.json
 
 ``--write`` stores ``{"gate": {...}}`` in the JSON beside the purifier file (``nrp_cpu.pth`` ->
 ``nrp_cpu.json``), creating it or replacing only its ``"gate"`` entry; ``load_nrp(gate=True)``,
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from nrp_lightning.attacks.transfer import mifgsm
+from nrp_lightning.eval_data import photo_views_or_exit
 from nrp_lightning.gate import GATE_BACKBONES, GATE_KEY, PurificationGate, calibrate_threshold
 from nrp_lightning.models import features
 from nrp_lightning.models.classifiers import load_classifier
@@ -31,8 +32,9 @@ from nrp_lightning.models.purifier import purify
 from nrp_lightning.purify import load_purifier
 from nrp_lightning.weights import sha256_of
 
-sys.path.insert(0, str(Path(__file__).parent))
-from probe_purifier import _batched, views_or_exit  # noqa: E402
+
+def _batched(fn, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    return torch.cat([fn(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
 def gate_scores(gate: PurificationGate, purifier, x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +67,7 @@ def main() -> None:
 
     purifier = load_purifier(args.purifier)
     gate = PurificationGate(getattr(features, args.backbone)(layer=args.layer), threshold=1.0)
-    x = views_or_exit(parser, args.photos, args.size)
+    x = photo_views_or_exit(parser, args.photos, args.size)
     source = load_classifier(args.source).eval()
     attacked = _batched(lambda b: mifgsm(eps=args.eps)(b, source(b).argmax(1), source), x)
     clean_scores, attacked_scores = gate_scores(gate, purifier, x), gate_scores(gate, purifier, attacked)
@@ -78,7 +80,7 @@ def main() -> None:
 
     entry = {"backbone": args.backbone, "layer": args.layer, "threshold": round(threshold, 4),
              "score": "mean |F(P(x)) - F(x)| over F's feature map",
-             "calibration": {"command": "python experiments/calibrate_gate.py " + " ".join(sys.argv[1:]),
+             "calibration": {"command": "python scripts/calibrate_gate.py " + " ".join(sys.argv[1:]),
                              "photos": str(args.photos), "images": len(x), "size": args.size,
                              "clean_max": round(float(clean_scores.max()), 4),
                              "attack": f"MI-FGSM eps {args.eps:g} from {args.source}",

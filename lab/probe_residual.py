@@ -1,7 +1,7 @@
 """What of a transfer attack survives purification, and how low any input transformation can take
-its success on the held-out views (issue 10's transfer targets): a diagnosis, not a defence.
+its success on the held-out views (the CPU recipe's transfer targets): a diagnosis, not a defence.
 
-    python experiments/probe_residual.py [PURIFIER.pth]   # default: the shipped purifier; ~6 min on 2 cores
+    python lab/probe_residual.py [PURIFIER.pth]   # default: the shipped purifier; ~6 min on 2 cores
 
 On the screen's 35 held-out crops and its cached MI-FGSM / DIM / SSP sets (eps 16, crafted on
 MobileNetV2; ``probe_purifier.adversarial_sets``), with EfficientNet-Lite0 as the black box, four
@@ -19,7 +19,7 @@ tables:
 * **smoothness**: the lag-1 autocorrelation of each perturbation (its correlation with itself one
   pixel over; about 0 for pixel-to-pixel noise, towards 1 for smooth blobs), for the screen's
   attacks and for the recipe's training SSP (5 steps of 4/255 at eps 16 on MobileNetV2 stride 8,
-  ``attack=ssp_fast``) with TI-smoothed steps of ``--ti-kernels`` pixels (``attack.ti_kernel``).
+  ``attack=ssp_fast``).
 * **floor**: clean top-1 changed and attack success behind transformations that destroy more and
   more of the image (Gaussian blur, down- and up-sampling). Success is counted against the
   undefended clean prediction, so it can never fall much below the clean changes: the curve says
@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_purifier import BLACK_BOX, _batched, adversarial_sets, predict, views_or_exit  # noqa: E402
+from probe_purifier import BLACK_BOX, _batched, adversarial_sets, predict  # noqa: E402
 
+from nrp_lightning.eval_data import photo_views_or_exit  # noqa: E402
 from nrp_lightning.attacks.ssp import SSP  # noqa: E402
 from nrp_lightning.evaluation.tables import md_table  # noqa: E402
 from nrp_lightning.models.features import mobilenet_v2  # noqa: E402
@@ -93,13 +94,11 @@ def main(argv=None) -> None:
     parser.add_argument("purifier", nargs="?", help="purifier file (default: the shipped one)")
     parser.add_argument("--photos", type=Path, default=Path("data/photos/heldout"))
     parser.add_argument("--cache", type=Path, default=Path("outputs/probe_cache"))
-    parser.add_argument("--ti-kernels", type=int, nargs="*", default=[0, 7, 15], metavar="K",
-                        help="TI kernels of the training SSP rows of the smoothness table (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    x = views_or_exit(parser, args.photos)
+    x = photo_views_or_exit(parser, args.photos)
     source, victim = load_classifier("mobilenet_v2").eval(), load_classifier(BLACK_BOX).eval()
     adv = adversarial_sets(x, source, args.cache, ATTACKS)
     purifier = load_purifier(args.purifier).eval()
@@ -139,10 +138,9 @@ def main(argv=None) -> None:
 
     rows = [[f"{a} (screen)", f"{lag1_autocorrelation(xa - x):.3f}"] for a, xa in adv.items()]
     features = mobilenet_v2(layer=7)
-    for k in args.ti_kernels:
-        torch.manual_seed(0)
-        x_train = _batched(lambda b: SSP(eps=16, step_size=4.0, steps=5, ti_kernel=k)(b, features), x)
-        rows.append([f"training SSP, ti_kernel {k}", f"{lag1_autocorrelation(x_train - x):.3f}"])
+    torch.manual_seed(0)
+    x_train = _batched(lambda b: SSP(eps=16, step_size=4.0, steps=5)(b, features), x)
+    rows.append(["training SSP (attack=ssp_fast)", f"{lag1_autocorrelation(x_train - x):.3f}"])
     print("Smoothness: lag-1 autocorrelation of each perturbation\n")
     print(md_table(["perturbation", "lag-1 autocorrelation"], rows) + "\n")
 

@@ -1,7 +1,7 @@
 """The screen of ``probe_purifier.py`` for inference-side variants of one purifier (no training).
 
 Each variant wraps the same purifier P differently at test time; the screen shows whether any of
-them moves the clean-vs-robust trade-off of docs/reproduction.md section 2 rather than sliding
+them moves the clean-vs-robust trade-off of lab/NOTEBOOK.md section 2 rather than sliding
 along it:
 
 - ``plain``: P(x)
@@ -14,10 +14,10 @@ along it:
 - ``resample2``: that resizing by 2 and back without the purifier (the control for ``up2``)
 - ``gated`` / ``dynamic_gated`` / ``twice_gated``: ``plain`` / ``dynamic`` / ``twice`` only where
   the purifier's calibrated gate flags the input (``nrp_lightning.gate``;
-  ``experiments/calibrate_gate.py``), the input elsewhere; ``twice_gated`` flags on P(x), the
+  ``scripts/calibrate_gate.py``), the input elsewhere; ``twice_gated`` flags on P(x), the
   score the gate was calibrated on. Offered for purifiers with a calibrated gate
 
-    python experiments/probe_inference.py [PURIFIER] --variants plain flip2 dynamic
+    python lab/probe_inference.py [PURIFIER] --variants plain flip2 dynamic
 """
 from __future__ import annotations
 

@@ -18,9 +18,9 @@ public repository, or the original download), copies what it may use into ``data
   positions (0, 2, 4, ...: 500 images) are copied; the odd half is never opened (it is kept back as
   an unseen test set).
 
-    python experiments/build_datasets.py neurips ~/clones/DL --out data/neurips2017
-    python experiments/build_datasets.py coco ~/clones/coco128_yolo --out data/coco128
-    python experiments/build_datasets.py imagenet ~/clones/imagenet-sample-images --out data/imagenet_even
+    python scripts/build_datasets.py neurips ~/clones/DL --out data/neurips2017
+    python scripts/build_datasets.py coco ~/clones/coco128_yolo --out data/coco128
+    python scripts/build_datasets.py imagenet ~/clones/imagenet-sample-images --out data/imagenet_even
 """
 from __future__ import annotations
 

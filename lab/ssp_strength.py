@@ -1,17 +1,17 @@
-"""How strong is a training adversary? SSP settings against the authors' 100-step attack (issue 14).
+"""How strong is a training adversary? SSP settings against the authors' 100-step attack.
 
 For each SSP setting (steps T, step size kappa, step schedule) on real photos: the feature
 distortion it reaches, as a share of the distortion of the authors' attack (100 constant steps of
 2.55/255, the same random start), and its cost, as the share of FLOPs it takes in one
 ``experiment=nrp_full`` training step (batch 16, 128 px, RRDB nf64/nb23/gc32, VGG16 to relu3_3).
 
-    python experiments/ssp_strength.py [--photos data/photos/train] [--backbone mobilenet_v2|vgg16]
-        [--crops 2] [--out experiments/results/ssp_strength.csv]
+    python lab/ssp_strength.py [--photos data/photos/train] [--backbone mobilenet_v2|vgg16]
+        [--crops 2] [--out lab/results/ssp_strength.csv]
 
 Distortion: the per-image mean squared difference of the features (SSP's own ``mse`` distance),
 averaged over images and divided by the reference's average. Crops: ``--crops`` random 128 px
 crops per photo after resizing its shorter side to 480 px (the paper's COCO preprocessing). The
-photos default to the training half of the offline corpus (``experiments/build_photo_corpus.py``),
+photos default to the training half of the offline corpus (``scripts/build_photo_corpus.py``),
 else the embedded photos. VGG16 needs its ImageNet weights (online); MobileNetV2's ship offline.
 
 Cost: FLOPs of one SSP step and of the rest of the ``nrp_full`` step (``torch.utils.flop_counter``
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of photos (default: data/photos/train when built, else the embedded photos)")
     parser.add_argument("--backbone", choices=sorted(BACKBONES), default="mobilenet_v2")
     parser.add_argument("--crops", type=int, default=2, help="random 128 px crops per photo (default 2)")
-    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "ssp_strength.csv")
+    parser.add_argument("--out", type=Path, default=ROOT / "lab" / "results" / "ssp_strength.csv")
     parser.add_argument("--no-cost", action="store_true", help="skip the FLOP share in the nrp_full step")
     args = parser.parse_args(argv)
 

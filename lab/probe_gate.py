@@ -6,7 +6,7 @@ EfficientNet-Lite0 (black box) does behind no defence, the purifier, and the gat
 rows: top-1 changed; attacked rows: attack success, both against its clean top-1). ``--plot``
 draws the score histograms against τ.
 
-    python experiments/probe_gate.py [PURIFIER] --eps 2 4 8 16 --plot docs/img/gate_scores.png
+    python lab/probe_gate.py [PURIFIER] --eps 2 4 8 16 --plot docs/img/gate_scores.png
 
 MI-FGSM sets are cached in ``--cache`` beside the screen's (``MI-FGSM-eps{E}-35-IMAGES.pt``; ε 16 is
 the screen's own ``MI-FGSM-35-IMAGES.pt``; ``IMAGES``: 8 hex of the clean views' sha256, so other
@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nrp_lightning.eval_data import photo_views_or_exit  # noqa: E402
 from nrp_lightning.attacks.adaptive import Defended
 from nrp_lightning.attacks.ssp import project_linf
 from nrp_lightning.attacks.transfer import mifgsm
@@ -42,8 +43,7 @@ from nrp_lightning.purify import load_purifier
 from nrp_lightning.weights import sha256_of
 
 sys.path.insert(0, str(Path(__file__).parent))
-from probe_purifier import (BLACK_BOX, _batched, adversarial_sets, cached_images, predict,  # noqa: E402
-                            views_or_exit)
+from probe_purifier import BLACK_BOX, _batched, adversarial_sets, cached_images, predict  # noqa: E402
 
 
 def purifier_tag(path: Path) -> str:
@@ -96,7 +96,7 @@ def main() -> None:
 
     purifier = load_purifier(args.purifier)
     gate = load_gate(purifier)
-    x = views_or_exit(parser, args.photos)
+    x = photo_views_or_exit(parser, args.photos)
     source, victim = load_classifier("mobilenet_v2").eval(), load_classifier(BLACK_BOX).eval()
     screen = adversarial_sets(x, source, args.cache)
     sets = {"clean": x}
