@@ -74,7 +74,9 @@ def _outputs(folder):
 def test_purify_folder_with_bad_inputs(tmp_path, photos, checkpoint, capsys):
     before = {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()}
     out = tmp_path / "out"
-    assert purify_main([str(photos), str(out), "--checkpoint", str(checkpoint), "--batch-size", "3", "--no-progress"]) == 1
+    # --fp32: the comparison below is with fp32 purification (bf16 is the default where the CPU has it)
+    assert purify_main([str(photos), str(out), "--checkpoint", str(checkpoint), "--batch-size", "3", "--no-progress",
+                        "--fp32"]) == 1
     err = capsys.readouterr().err
     assert "done: 10, skipped (output exists): 0, failed: 3" in err
     assert "truncated.jpg: cannot decode" in err and "empty.png: empty file" in err
@@ -127,7 +129,7 @@ def test_purify_single_file_dynamic_is_seeded(tmp_path, photos, checkpoint, caps
 
 def test_purified_rgba_keeps_its_alpha_and_purifies_the_colours_as_stored(tmp_path, photos, checkpoint):
     out = tmp_path / "rgba.png"
-    assert purify_main([str(photos / "rgba.png"), str(out), "--checkpoint", str(checkpoint), "--no-progress"]) == 0
+    assert purify_main([str(photos / "rgba.png"), str(out), "--checkpoint", str(checkpoint), "--no-progress", "--fp32"]) == 0
     written = np.array(Image.open(out))
     assert written.shape == (20, 24, 4) and np.array_equal(written[..., 3], ALPHA)
     colours = torch.from_numpy(_rgb(20, 24, 5)).permute(2, 0, 1).float() / 255  # not composited on white
@@ -144,7 +146,7 @@ def test_grayscale_and_16_bit_come_back_as_they_went_in(tmp_path, checkpoint):
     alpha16 = (np.arange(20 * 24, dtype=np.uint16).reshape(20, 24) * 137)
     save_png(torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(0)), src / "rgba16.png",
              OutputMode(bits=16, alpha=alpha16))
-    assert purify_main([str(src), str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--no-progress"]) == 0
+    assert purify_main([str(src), str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--no-progress", "--fp32"]) == 0
     written = Image.open(tmp_path / "out" / "gray.png")
     expected = purify_images(load_purifier(checkpoint), load_image(src / "gray.png")[None])[0]
     luma = (torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1) * expected).sum(0)

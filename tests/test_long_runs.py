@@ -19,8 +19,8 @@ NAN_ITERATIONS = (2, 3)  # 1-based iterations whose purifier loss is made NaN
 
 def nan_at(iterations, original=NRPModule.purifier_loss):
     """A purifier_loss that returns NaN (and so NaN gradients) on the given iterations."""
-    def purifier_loss(self, x, purified, feat_clean, logits_clean=None):
-        terms = original(self, x, purified, feat_clean, logits_clean)
+    def purifier_loss(self, x, purified, feat_clean):
+        terms = original(self, x, purified, feat_clean)
         if self.trainer.global_step // 2 + 1 in iterations:
             terms["loss_purifier"] = terms["loss_purifier"] * float("nan")
         return terms
