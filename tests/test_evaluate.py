@@ -128,6 +128,17 @@ def test_every_experiment_preset_composes(experiment):
         assert cfg.sweep_attack in cfg.attacks
 
 
+@pytest.mark.parametrize("experiment", ["offline", "heldout", "neurips", "neurips_screen", "neurips_adaptive"])
+def test_evaluation_defaults_to_fp32_on_every_device(experiment):
+    """bf16 autocast moved a labelled clean cell beyond noise (docs/performance.md), so every preset
+    scores in fp32 unless asked: precision=bf16 or auto is a choice a screen makes, never a default."""
+    from nrp_lightning import fast_paths
+
+    cfg = compose([f"experiment={experiment}"], config_name="eval")
+    assert cfg.precision == "fp32"
+    assert not fast_paths.use_bf16("cpu", cfg.precision, frozenset({"avx512f", "avx512_bf16", "amx_bf16"}))
+
+
 def test_the_heldout_preset_finds_the_shipped_purifiers_from_any_folder(tmp_path, monkeypatch):
     """``NRP_SSP`` names the package's second purifier through ``${pretrained:...}``: once a path
     relative to the repository root, so ``eval.py experiment=heldout`` run from another folder died

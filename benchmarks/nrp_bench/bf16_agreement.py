@@ -54,10 +54,15 @@ def agreement(x: torch.Tensor, labels: torch.Tensor, attack_steps: int) -> dict:
     (p32, a32, c32, r32), (p16, a16, c16, r16) = out["fp32"], out["bf16"]
     discordant = lambda a, b: (int((a & ~b).sum()), int((~a & b).sum()))  # noqa: E731
     b, c = discordant(r16, r32)
+    clean_b, clean_c = discordant(c16, c32)
     return {"n": len(x), "seconds": seconds,
             "purified_psnr_db": round(psnr(p16, p32).item(), 2),
             "purified_max_abs_diff": (p16 - p32).abs().max().item(),
             "clean_top1_changed": int((c16 != c32).sum()),
+            "clean_accuracy": {"fp32": round(100 * c32.float().mean().item(), 1),
+                               "bf16": round(100 * c16.float().mean().item(), 1)},
+            "clean_only_bf16_right": clean_b, "clean_only_fp32_right": clean_c,
+            "clean_mcnemar_p": round(mcnemar_exact(clean_b, clean_c), 3),
             "adv_images_differ_share": round((a16 != a32).float().mean().item(), 4),
             "adv_max_abs_diff_255": round(255 * (a16 - a32).abs().max().item(), 1),
             "accuracy_under_attack": {"fp32": round(100 * r32.float().mean().item(), 1),
