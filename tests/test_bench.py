@@ -116,11 +116,14 @@ def test_photo_tiles_leave_room_for_the_purifiers_halo(quick, full, cuda):
 
 
 def test_cpu_paths_plan_times_bf16_only_where_native_and_on_the_cheap_case():
-    from nrp_bench.cpu_paths import CASES, SETTINGS, plan
+    from nrp_bench.cpu_paths import CASES, FOLD_CASES, SETTINGS, plan
 
     emulated = plan(native_bf16=False)
     assert [s for c, s in emulated if SETTINGS[s][1]] == ["cl_bf16_malloc"]  # only purify_224 gets bf16
-    assert ("purify_224", "cl_bf16_malloc") in emulated and len(plan(native_bf16=True)) == len(CASES) * len(SETTINGS)
+    folded = [s for s, (_, _, _, fold) in SETTINGS.items() if fold]
+    assert {c for c, s in plan(native_bf16=True) if s in folded} == set(FOLD_CASES) == {"mifgsm_step"}
+    assert ("mifgsm_step", "cl_fold_fp32_malloc") in emulated
+    assert len(plan(native_bf16=True)) == len(CASES) * (len(SETTINGS) - len(folded)) + len(FOLD_CASES) * len(folded)
 
 
 def test_cpu_paths_measure_reports_time_flops_faults_and_kernel_share():

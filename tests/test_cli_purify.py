@@ -262,6 +262,8 @@ def test_attack_transfer_folder_targeted_one_png_per_photo_in_budget(tmp_path, p
     assert attack_main(argv) == 1
     err = capsys.readouterr().err
     assert "MI-FGSM, targeted at class 919, on mobilenet_v2, eps 8/255, 2 steps" in err
+    from nrp_lightning import fast_paths  # MobileNetV2 has depthwise convolutions: bf16 by default only with AMX
+    assert ("bf16 autocast;" if "amx_bf16" in fast_paths.cpu_flags() else "channels_last fp32;") in err
     assert "done: 10, skipped (output exists): 0, failed: 3" in err
     assert _outputs(out) == GOOD
     clean, adv = load_image(photos / "sub" / "b.png"), load_image(out / "sub" / "b.png")

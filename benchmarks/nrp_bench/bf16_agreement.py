@@ -10,13 +10,14 @@ order of accumulation.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from nrp_bench import dev_check  # noqa: E402
 
 
 def agreement(x: torch.Tensor, labels: torch.Tensor, attack_steps: int) -> dict:
@@ -72,24 +73,15 @@ def agreement(x: torch.Tensor, labels: torch.Tensor, attack_steps: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", default="data/neurips2017", help="a NeurIPS-2017 folder (labelled) built by "
-                        "scripts/build_datasets.py neurips")
-    parser.add_argument("--n", type=int, default=16, help="images of the dev split (default 16)")
+    parser = dev_check.parser(__doc__, "bf16_agreement")
     parser.add_argument("--attack-steps", type=int, default=10, help="MI-FGSM steps (default 10; 0: purification only, "
                         "where bf16 is emulated and slow)")
-    parser.add_argument("--out", default="outputs/bench/bf16_agreement", help="folder for bf16_agreement.json")
     args = parser.parse_args(argv)
-    from nrp_lightning.eval_data import neurips_dev
     from nrp_lightning.fast_paths import native_bf16
 
-    data = neurips_dev(args.images, size=224, crop=0.875, split="dev", limit=args.n)
-    result = {"images": data.description, "cpu_native_bf16": native_bf16("cpu"),
-              **agreement(data.images, data.labels, args.attack_steps)}
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "bf16_agreement.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return 0
+    data = dev_check.dev_images(args)
+    return dev_check.report(args, "bf16_agreement", {"images": data.description, "cpu_native_bf16": native_bf16("cpu"),
+                                                     **agreement(data.images, data.labels, args.attack_steps)})
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ Cases (the workloads a user waits for on a CPU):
 
 Settings: ``nchw_fp32`` (what every CPU path ran before: NCHW, glibc's malloc as it comes),
 ``cl_fp32`` (channels_last), ``cl_fp32_malloc`` (channels_last and ``tune_allocator``: the default
-now) and ``cl_bf16_malloc`` (bf16 autocast on top). bf16 is timed only where the CPU computes it
+of the purifier and of training) and ``cl_bf16_malloc`` (bf16 autocast on top); for the MI-FGSM step
+(the only case with BatchNorm) also ``cl_fold_fp32_malloc`` and ``cl_fold_bf16_malloc``, MobileNetV2
+with its BatchNorms folded (``fast_paths.prepare_frozen``: the default of attacks and evaluation). bf16 is timed only where the CPU computes it
 natively, and for ``purify_224`` everywhere (to show what emulated bf16 costs), since emulated bf16
 runs the larger cases for minutes. Each row: median seconds, GFLOP/s, the share of this CPU's
 measured fp32 and bf16 matmul rates, minor page faults and the kernel's share of the CPU time.
@@ -32,12 +34,15 @@ from pathlib import Path
 
 import torch
 
-SETTINGS = {  # name -> (channels_last, bf16, tuned malloc)
-    "nchw_fp32": (False, False, False),
-    "cl_fp32": (True, False, False),
-    "cl_fp32_malloc": (True, False, True),
-    "cl_bf16_malloc": (True, True, True),
+SETTINGS = {  # name -> (channels_last, bf16, tuned malloc, BatchNorm folded)
+    "nchw_fp32": (False, False, False, False),
+    "cl_fp32": (True, False, False, False),
+    "cl_fp32_malloc": (True, False, True, False),
+    "cl_bf16_malloc": (True, True, True, False),
+    "cl_fold_fp32_malloc": (True, False, True, True),
+    "cl_fold_bf16_malloc": (True, True, True, True),
 }
+FOLD_CASES = ("mifgsm_step",)  # the cases whose networks have BatchNorm to fold
 CASES = ("purify_224", "purify_1mp", "mifgsm_step", "recipe_step")
 REPS = {"purify_224": 5, "purify_1mp": 2, "mifgsm_step": 3, "recipe_step": 4}
 PHOTO = (864, 1152)  # height, width: 1.0 MP
@@ -55,12 +60,13 @@ def matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 5) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
-def _workload(case: str, channels_last: bool):
+def _workload(case: str, channels_last: bool, fold: bool = False):
     """(a callable running the case once, its FLOPs per call) built in this process."""
     from nrp_bench.flops import count_flops
     from nrp_lightning import fast_paths
 
-    prepare = fast_paths.to_channels_last if channels_last else (lambda net: net)
+    prepare = ((lambda net: fast_paths.prepare_frozen(net, "cpu")) if fold else
+               fast_paths.to_channels_last if channels_last else (lambda net: net))
     if case in ("purify_224", "purify_1mp"):
         from nrp_lightning.purify import load_purifier
 
@@ -99,7 +105,7 @@ def measure(case: str, setting: str) -> dict:
     """One case in one setting, in this process: median s, FLOPs, and over the timed calls the minor
     page faults per call and the kernel's share of the CPU time (for ``recipe_step``: over the whole
     Trainer run, setup included)."""
-    channels_last, bf16, tuned = SETTINGS[setting]
+    channels_last, bf16, tuned, fold = SETTINGS[setting]
     if tuned:
         from nrp_lightning.fast_paths import tune_allocator
 
@@ -108,7 +114,7 @@ def measure(case: str, setting: str) -> dict:
         before = resource.getrusage(resource.RUSAGE_SELF)
         result, calls = _recipe_step(channels_last, bf16), 1
     else:
-        run, flops = _workload(case, channels_last)
+        run, flops = _workload(case, channels_last, fold)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             run()  # warm-up
             before = resource.getrusage(resource.RUSAGE_SELF)
@@ -142,9 +148,10 @@ def in_subprocess(case: str, setting: str, threads: int | None = None) -> dict:
 
 
 def plan(native_bf16: bool, cases=CASES) -> list[tuple[str, str]]:
-    """(case, setting) pairs to time: bf16 only where native, and on the cheap 224 px case always."""
-    return [(case, setting) for case in cases for setting, (_, bf16, _) in SETTINGS.items()
-            if not bf16 or native_bf16 or case == "purify_224"]
+    """(case, setting) pairs to time: bf16 only where native, and on the cheap 224 px case always;
+    folded BatchNorm only for the cases that have it."""
+    return [(case, setting) for case in cases for setting, (_, bf16, _, fold) in SETTINGS.items()
+            if (not bf16 or native_bf16 or case == "purify_224") and (not fold or case in FOLD_CASES)]
 
 
 def bench_cpu_paths(cases=CASES, threads: int | None = None, log=print) -> dict:

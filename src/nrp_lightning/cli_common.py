@@ -48,11 +48,12 @@ def memory_from(text: str | None) -> int | None:
 
 
 def fast_path(device: torch.device, net: torch.nn.Module, args: argparse.Namespace) -> tuple[bool, Callable]:
-    """``net`` in channels_last (always: the same result, faster) and whether bf16 autocast is on
-    (``--bf16`` / ``--fp32``, or where the device computes bf16 natively: ``fast_paths.use_bf16``),
-    with a factory of the autocast contexts for its calls."""
-    fast_paths.to_channels_last(net)
-    bf16 = fast_paths.use_bf16(device, "bf16" if args.bf16 else "fp32" if args.fp32 else "auto")
+    """``net`` (frozen) in channels_last with its BatchNorms folded (always: the same result to float32
+    rounding, faster; ``fast_paths.prepare_frozen``) and whether bf16 autocast is on (``--bf16`` /
+    ``--fp32``, or where the device computes bf16 natively and it pays for ``net``:
+    ``fast_paths.use_bf16``), with a factory of the autocast contexts for its calls."""
+    fast_paths.prepare_frozen(net, device)
+    bf16 = fast_paths.use_bf16(device, "bf16" if args.bf16 else "fp32" if args.fp32 else "auto", net=net)
     return bf16, fast_paths.autocast(device, bf16)
 
 
@@ -76,8 +77,9 @@ def add_folder_arguments(parser: argparse.ArgumentParser, *, seed: bool = True, 
         precision = parser.add_mutually_exclusive_group()
         precision.add_argument("--bf16", action="store_true", help="bf16 autocast (outputs differ from fp32 by "
                                "bf16 rounding). Default: bf16 where the device computes it natively (CUDA with bf16, "
-                               "CPUs with AMX or AVX-512 BF16), fp32 elsewhere, where bf16 is emulated and slower; "
-                               "networks run channels_last either way")
+                               "CPUs with AMX or AVX-512 BF16; on AVX-512 BF16 without AMX not for networks with "
+                               "depthwise convolutions, e.g. MobileNet, which run faster in fp32 there), fp32 "
+                               "elsewhere, where bf16 is emulated and slower; networks run channels_last either way")
         precision.add_argument("--fp32", action="store_true", help="float32 even where bf16 is native")
 
 

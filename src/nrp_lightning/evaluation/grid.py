@@ -97,7 +97,8 @@ class Grid:
             label nor any victim's clean top-1 (the usual protocol of targeted transfer), or one
             ImageNet class index for every image.
         bf16: craft, defend and classify under bf16 autocast (``fast_paths.use_bf16``); its sets
-            and rows are cached apart from fp32's. Every network runs channels_last either way.
+            and rows are cached apart from fp32's. Every network runs channels_last either way, sources and victims
+            with BatchNorm folded (``fast_paths.prepare_frozen``).
         paired_with: defences every other defence is compared with image for image in the report
             (exact McNemar on the per-image top-1 outcomes of labelled data), e.g. ``["JPEG"]``.
         paper_table1: add the paper's own Table 1 rows (NRP and JPEG on IncRes-v2ens) to the report.
@@ -273,11 +274,13 @@ def _run_grid(grid: Grid, out_dir: str | os.PathLike, cache_dir: str | os.PathLi
     data = grid.data
     x_clean = to_uint8(data.images)
     fingerprint = grid.fingerprint()
-    for m in [*grid.sources.values(), *grid.victims.values(), *grid.defenses.values()]:
+    for m in [*grid.sources.values(), *grid.victims.values()]:
+        fast_paths.prepare_frozen(m.to(device), device)
+    for m in grid.defenses.values():
         fast_paths.to_channels_last(m.to(device))
     for attack in grid.attacks.values():
         if isinstance(attack, SelfSupervised):
-            fast_paths.to_channels_last(attack.features.to(device))
+            fast_paths.prepare_frozen(attack.features.to(device), device)
 
     # Reference labels of each victim: the true labels, or its own clean prediction.
     clean = {v: predict(m, grid.defenses[NO_DEFENSE], x_clean, grid.batch_size, device) for v, m in grid.victims.items()}
