@@ -154,7 +154,7 @@ def test_the_heldout_preset_finds_the_shipped_purifiers_from_any_folder(tmp_path
     weights = cfg.defenses.NRP_SSP.weights
     assert weights == str(DEFAULT_PURIFIER.with_name("nrp_cpu_ssp.pth")) and load_nrp(weights).weights.startswith(weights)
     with pytest.raises(InterpolationResolutionError, match="BadConfigError raised while resolving interpolation: "
-                       "no purifier 'nrp_gpu.pth' ships in the package; shipped: nrp_cpu.pth, nrp_cpu_ssp.pth"):
+                       "no purifier 'nrp_gpu.pth' ships in the package; shipped: nrp_cpu.pth, nrp_cpu_ssp.pth, nrp_real.pth"):
         bad = compose(["experiment=heldout", "defenses.NRP_SSP.weights=${pretrained:nrp_gpu.pth}"], config_name="eval")
         OmegaConf.to_container(bad.defenses, resolve=True)
 

@@ -1,5 +1,6 @@
 """Ablations, attack/backbone groups, multirun folders, W&B fallback, DDP and multi-node configs; the photo
 screens' input errors and scripts/ship_purifier.py."""
+import hashlib
 import json
 import os
 import subprocess
@@ -299,6 +300,40 @@ def test_ship_purifier_carries_over_the_gate_calibrated_for_the_run(calibrated, 
             GateSpec.from_metadata(dest.with_suffix(".json"))
 
 
+def test_ship_purifier_records_dataset_manifests_and_a_labelled_evaluation_as_rerunnable_commands(tmp_path):
+    """A purifier trained on several folders and chosen by a NeurIPS-2017 screen: each dataset folder
+    is recorded by its manifest, the machine's own paths leave the commands, the candidate points at
+    the shipped file, and a run that scored under ``auto`` precision records what that was."""
+    from scripts.ship_purifier import ship
+
+    run, manifest = _training_run(tmp_path, None)
+    (run / ".hydra" / "overrides.yaml").write_text("- experiment=nrp_real\n- seed=0\n- paths.output_root=/x/outputs\n")
+    coco = tmp_path / "coco128" / "MANIFEST.csv"
+    coco.parent.mkdir()
+    coco.write_text("file,sha256,source,licence\na.jpg,ab,COCO a.jpg,Flickr\nb.jpg,cd,COCO b.jpg,Flickr\n")
+    screen = tmp_path / "eval"
+    (screen / ".hydra").mkdir(parents=True)
+    (screen / ".hydra" / "overrides.yaml").write_text(
+        "- experiment=neurips_screen\n- split=test\n- defended_victims=[efficientnet_lite0]\n"
+        "- +candidates.NRP_real=/x/outputs/run/purifier.pth\n- cache_dir=/x/cache\n")
+    (screen / ".hydra" / "config.yaml").write_text("precision: auto\n")
+    (screen / "cli.log").write_text("evaluating on cpu, channels_last bf16 autocast\n")
+    cell = {"kind": "clean", "source": "-", "attack": "clean", "eps": 0.0, "victim": "efficientnet_lite0", "n": 2}
+    (screen / "results.jsonl").write_text("".join(json.dumps({**cell, "defense": d, "top1": 50.0}) + "\n"
+                                                  for d in ("none", "JPEG", "NRP", "NRP_real")))
+    dest = ship(run, screen, manifest, tmp_path / "pretrained" / "nrp_real.pth", (coco,), "NRP_real")
+    card = json.loads(dest.with_suffix(".json").read_text())
+    assert card["training_command"] == "python train.py experiment=nrp_real seed=0"
+    assert [p["name"] for p in card["training_photos"]] == ["kite.jpg"]
+    assert card["training_images"] == [{"folder": "coco128", "manifest_sha256": hashlib.sha256(coco.read_bytes()).hexdigest(),
+                                        "images": 2, "licences": ["Flickr"]}]
+    assert "heldout_evaluation" not in card
+    assert card["neurips_evaluation"]["command"] == (
+        "python eval.py experiment=neurips_screen split=test 'defended_victims=[efficientnet_lite0]' "
+        "+candidates.NRP_real=src/nrp_lightning/pretrained/nrp_real.pth precision=bf16")
+    assert [r["defense"] for r in card["neurips_evaluation"]["rows"]] == ["none", "JPEG", "NRP_real"]
+
+
 def test_ship_purifier_refuses_a_broken_run_card_with_the_command_that_mends_it(tmp_path):
     from scripts.ship_purifier import ship
 
@@ -334,7 +369,7 @@ def test_results_csv_files_are_what_the_shipped_cards_say(tmp_path):
     from scripts.results_csv import main, tables
 
     assert main(["--check"]) == 0
-    assert {"nrp_cpu-heldout.csv", "nrp_cpu_ssp-heldout.csv"} <= set(tables())
+    assert {"nrp_cpu-heldout.csv", "nrp_cpu_ssp-heldout.csv", "nrp_real-neurips.csv"} <= set(tables())
     assert main(["--out", str(tmp_path)]) == 0
     (tmp_path / "nrp_cpu-heldout.csv").write_text("command,top1\n")
     assert main(["--out", str(tmp_path), "--check"]) == 1

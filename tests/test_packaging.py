@@ -49,7 +49,8 @@ def test_the_wheel_holds_every_config_and_the_pretrained_purifiers(wheel):
             "nrp_lightning/conf/evaluation/eval.yaml", "nrp_lightning/conf/cross_task.yaml"} <= configs
     assert {n for n in names if n.startswith("nrp_lightning/conf/")} == configs
     pretrained = {f"nrp_lightning/pretrained/{p.name}" for p in (PACKAGE_CONF.parent / "pretrained").glob("*.*")}
-    assert {"nrp_lightning/pretrained/nrp_cpu.pth", "nrp_lightning/pretrained/nrp_cpu_ssp.pth"} <= pretrained <= names
+    assert {f"nrp_lightning/pretrained/{name}.{ext}" for name in ("nrp_cpu", "nrp_cpu_ssp", "nrp_real")
+            for ext in ("pth", "json")} <= pretrained <= names
 
 
 def help_groups(help_text: str) -> dict[str, str]:

@@ -188,11 +188,13 @@ def test_the_shipped_purifier_loads_by_default_with_its_card():
 REMOVED_OPTIONS = {"model": {"input_skip": False}, "loss": {"kappa": 0.0, "detail": 0.0}}  # and their off values
 
 
-@pytest.mark.parametrize(("name", "training_input"), [("nrp_cpu", "ClassifierAttack"), ("nrp_cpu_ssp", "SSP")])
+@pytest.mark.parametrize(("name", "training_input"),
+                         [("nrp_cpu", "ClassifierAttack"), ("nrp_cpu_ssp", "SSP"), ("nrp_real", "ClassifierAttack")])
 def test_each_shipped_purifier_card_command_still_composes_to_its_recorded_config(name, training_input, tmp_path):
     """Reproducible from the card: the recorded training command, composed by today's config tree,
     gives the recorded model, training input, losses and schedule (nrp_cpu: DIM inputs of
-    MobileNetV2, attack=classifier; nrp_cpu_ssp: the paper's SSP), and the file loads and has its gate."""
+    MobileNetV2, attack=classifier; nrp_cpu_ssp: the paper's SSP; nrp_real: DIM inputs on real
+    photographs, data=real), and the file loads and has its gate."""
     import json
 
     from nrp_lightning.defenses import load_nrp
@@ -214,6 +216,8 @@ def test_each_shipped_purifier_card_command_still_composes_to_its_recorded_confi
             k: v for k, v in REMOVED_OPTIONS[group].items() if k in recorded[group]}, group
     assert (cfg.steps, cfg.seed, cfg.data.crop_size, cfg.module.lr_schedule) == (
         recorded["steps"], recorded["seed"], recorded["data"]["crop_size"], recorded["module"]["lr_schedule"])
+    data = OmegaConf.to_container(cfg.data, resolve=False)
+    assert (data["source"], data["scales"]) == (recorded["data"]["source"], recorded["data"]["scales"])
     gated = load_nrp(str(path), gate=True)
     assert gated.gate is not None and gated.gate.threshold == card["gate"]["threshold"]
 

@@ -113,8 +113,22 @@ def test_hf_reference_reads_the_hub_cache_offline_and_says_when_it_is_not_there(
 
 def test_torch_hub_local_gives_the_shipped_purifiers(shipped):
     assert_bit_identical(shipped, torch.hub.load(str(ROOT), "nrp_cpu", source="local"))
-    ssp = torch.hub.load(str(ROOT), "nrp_cpu_ssp", source="local")
-    assert_bit_identical(load_purifier(DEFAULT_PURIFIER.with_name("nrp_cpu_ssp.pth")), ssp)
+    for name in ("nrp_cpu_ssp", "nrp_real"):
+        from_hub = torch.hub.load(str(ROOT), name, source="local")
+        assert_bit_identical(load_purifier(DEFAULT_PURIFIER.with_name(f"{name}.pth")), from_hub)
+        assert from_hub.card["file"] == f"{name}.pth"
+
+
+def test_a_shipped_purifier_loads_by_its_bare_name_unless_a_file_has_that_name(tmp_path, monkeypatch):
+    """``--checkpoint nrp_real`` names the package's ``nrp_real.pth``; a file or folder called so in the
+    working directory comes first, and an unknown bare name is an error naming it."""
+    monkeypatch.chdir(tmp_path)
+    assert load_purifier("nrp_real").path == DEFAULT_PURIFIER.with_name("nrp_real.pth")
+    (tmp_path / "nrp_real").write_bytes(b"not a purifier")
+    with pytest.raises(PurifierLoadError, match="nrp_real"):
+        load_purifier("nrp_real")
+    with pytest.raises(PurifierLoadError, match="nrp_nothing"):
+        load_purifier("nrp_nothing")
 
 
 class _RunsCode:

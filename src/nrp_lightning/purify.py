@@ -146,6 +146,7 @@ def detect_purifier(state: dict[str, torch.Tensor], source: str = "state dict") 
 def resolve_purifier_file(path: str | os.PathLike) -> Path:
     """The weights file ``path`` names: ``hf:ORG/NAME[@REVISION]`` -> the ``model.safetensors`` of
     its snapshot in the Hub's cache (downloaded when online), a folder -> its ``model.safetensors``,
+    the bare name of a purifier shipped in the package (``nrp_real``; no such file here) -> that file,
     anything else -> itself."""
     if str(path).startswith(HF_PREFIX):
         try:
@@ -153,6 +154,9 @@ def resolve_purifier_file(path: str | os.PathLike) -> Path:
         except WeightsNotFoundError as exc:
             raise PurifierLoadError(str(exc)) from None
     path = Path(path)
+    shipped = DEFAULT_PURIFIER.with_name(f"{path.name}.pth")
+    if not path.exists() and path.name == str(path) and not path.suffix and shipped.is_file():
+        return shipped
     if not path.is_dir():
         return path
     if not (path / HUB_WEIGHTS).is_file():
