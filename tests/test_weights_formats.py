@@ -11,6 +11,7 @@ from huggingface_hub import constants
 
 from nrp_lightning.cli_purify import purify_main
 from nrp_lightning.export import format_for
+from nrp_lightning.defenses.nrp import load_gate
 from nrp_lightning.gate import GateSpec
 from nrp_lightning.hub import save_safetensors
 from nrp_lightning.models.purifier import RRDBPurifier
@@ -53,6 +54,8 @@ def test_safetensors_round_trip_is_bit_identical_and_carries_the_card(shipped, t
     meta = safetensors_metadata(path)
     assert meta["architecture"] == "rrdb purifier (nf=32 nb=2 gc=16)"
     assert json.loads(meta[CARD_KEY]) == SHIPPED_CARD == loaded.card
+    assert not path.with_suffix(".json").exists()  # the gate is read from the card inside the file
+    assert load_gate(loaded).threshold == SHIPPED_CARD["gate"]["threshold"]
     # the authors' key layout, as in the .pth: readable without this package
     from safetensors.torch import load_file
 

@@ -55,13 +55,27 @@ class GateSpec:
         (``pretrained/nrp_cpu.json`` for the shipped one; written by ``scripts/calibrate_gate.py``)."""
         path = Path(metadata_path)
         try:
-            entry = json.loads(path.read_text())[GATE_KEY]
-            return cls(entry["backbone"], int(entry["layer"]), float(entry["threshold"]))
+            card = json.loads(path.read_text())
         except FileNotFoundError:
             raise GateConfigError(f"no metadata file {path} beside the purifier: calibrate a gate for it with "
                                   "python scripts/calibrate_gate.py PURIFIER --write") from None
+        except ValueError as exc:
+            raise GateConfigError(f"{path} is not JSON ({exc}): calibrate a gate with "
+                                  "python scripts/calibrate_gate.py PURIFIER --write") from None
+        return cls.from_card(card, str(path))
+
+    @classmethod
+    def from_card(cls, card: dict | None, where: str) -> GateSpec:
+        """The ``"gate"`` entry of a purifier's card (``purify.purifier_card``: the JSON beside a
+        ``.pth``, or a ``.safetensors`` file's metadata); ``where`` names it in errors."""
+        if card is None:
+            raise GateConfigError(f"{where} has no card with a gate: calibrate a gate for it with "
+                                  "python scripts/calibrate_gate.py PURIFIER --write")
+        try:
+            entry = card[GATE_KEY]
+            return cls(entry["backbone"], int(entry["layer"]), float(entry["threshold"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise GateConfigError(f"{path} holds no usable {GATE_KEY!r} entry ({exc!r}): calibrate a gate with "
+            raise GateConfigError(f"{where} holds no usable {GATE_KEY!r} entry ({exc!r}): calibrate a gate with "
                                   "python scripts/calibrate_gate.py PURIFIER --write") from None
 
 

@@ -55,7 +55,7 @@ def load_nrp(weights: str | None = None, dynamic: bool = False, gate: bool = Fal
     not answered from rows of the old one.
 
     ``gate=True``: purify only the inputs the purification gate flags, with the gate calibrated for
-    this purifier (the ``"gate"`` entry of the JSON beside its file; ``gate_threshold`` overrides τ).
+    this purifier (the ``"gate"`` entry of its card; ``gate_threshold`` overrides τ).
     ``GateConfigError`` when the purifier has no calibrated gate."""
     purifier = load_purifier(weights)
     gate_module = load_gate(purifier, gate_threshold) if gate else None
@@ -65,10 +65,10 @@ def load_nrp(weights: str | None = None, dynamic: bool = False, gate: bool = Fal
 
 
 def load_gate(purifier: nn.Module, threshold: float | None = None) -> PurificationGate:
-    """The gate calibrated for ``purifier`` (from ``load_purifier``): the ``"gate"`` entry of the
-    metadata JSON beside its file (``nrp_cpu.pth`` -> ``nrp_cpu.json``), τ replaced by ``threshold``
-    if given."""
-    spec = GateSpec.from_metadata(Path(purifier.path).with_suffix(".json"))
+    """The gate calibrated for ``purifier`` (from ``load_purifier``): the ``"gate"`` entry of its card
+    (``purifier.card``: the JSON beside a ``.pth``, ``nrp_cpu.pth`` -> ``nrp_cpu.json``, or the
+    metadata of a ``.safetensors`` file or Hub folder), τ replaced by ``threshold`` if given."""
+    spec = GateSpec.from_card(getattr(purifier, "card", None), f"purifier {purifier.path}")
     if threshold is not None:
         spec = GateSpec(spec.backbone, spec.layer, threshold)
     return PurificationGate.from_spec(spec).to(next(purifier.parameters()).device)
