@@ -10,7 +10,7 @@ purifier, on its purification. ✓: the clean photo's top-1 (kept by the attack,
     python lab/page_cases.py nrp_cpu nrp_real             # the shipped purifiers on chelsea, victim MobileNetV2
     python lab/page_cases.py outputs/RUN/purifier.pth --photo astronaut --eps 8
 
-About 6 minutes for two purifiers on the 2-core CPU without AVX-512 (16 attacks at 451x300).
+About 3 minutes for two purifiers on the 2-core CPU without AVX-512 (16 attacks at 451x300).
 """
 import argparse
 import sys
@@ -20,8 +20,7 @@ import torch
 
 from nrp_lightning.images import decode_image, png_bytes
 
-ATTACKS = ("mifgsm", "dim")
-NAMES = {"mifgsm": "MI-FGSM", "dim": "DIM"}
+ATTACKS = ("mifgsm", "dim")  # the page's transfer attacks, as nrp_lightning.attacks.transfer names them
 
 
 def through_png(x: torch.Tensor) -> torch.Tensor:
@@ -30,10 +29,13 @@ def through_png(x: torch.Tensor) -> torch.Tensor:
 
 
 def top1(classifier, x: torch.Tensor, labels: list[str]) -> tuple[str, float]:
-    """The classifier's top-1 class name and its probability (%) on one ``(3, H, W)`` image."""
+    """The classifier's top-1 class name and its probability (%) on one ``(3, H, W)`` image, ranked
+    as the page's ``/predict`` ranks it (``serve.apis.top_k``)."""
+    from nrp_lightning.serve.apis import top_k
+
     with torch.no_grad():
-        probs = classifier(x[None]).float().softmax(1)[0]
-    return labels[int(probs.argmax())], 100 * float(probs.max())
+        best = top_k(classifier(x[None]).float().softmax(1)[0], labels, k=1)[0]
+    return best["label"], 100 * best["p"]
 
 
 def cell(prediction: tuple[str, float], clean_class: str) -> str:
@@ -45,8 +47,9 @@ def cell(prediction: tuple[str, float], clean_class: str) -> str:
 def run_cases(x: torch.Tensor, victim, sources: dict, purifiers: dict, labels: list[str], eps_list=(16, 8),
               attacks=ATTACKS, seed: int = 0, progress=None) -> tuple[tuple[str, float], list[dict]]:
     """The clean top-1 of ``victim`` on ``x`` ``(3, H, W)``, and one row per (attack, source, ε):
-    ``attacked`` and, per purifier name, ``purified`` (top-1, %) pairs. ``purifiers`` map names
-    to callables on ``(1, 3, H, W)`` batches; ``sources`` names to source classifiers."""
+    ``attack`` (as ``transfer`` names it), ``name`` (as the attack calls itself), ``attacked`` and,
+    per purifier name, ``purified`` (top-1, %) pairs. ``purifiers`` map names to callables on
+    ``(1, 3, H, W)`` batches; ``sources`` names to source classifiers."""
     from nrp_lightning.attacks import transfer
 
     clean = top1(victim, x, labels)
@@ -62,7 +65,7 @@ def run_cases(x: torch.Tensor, victim, sources: dict, purifiers: dict, labels: l
                 with torch.no_grad():
                     purified = {name: top1(victim, through_png(p(attacked[None])[0]), labels)
                                 for name, p in purifiers.items()}
-                rows.append({"attack": attack_name, "source": source_name, "eps": eps,
+                rows.append({"attack": attack_name, "name": attack.name, "source": source_name, "eps": eps,
                              "attacked": top1(victim, attacked, labels), "purified": purified})
                 if progress:
                     progress(rows[-1])
@@ -78,16 +81,17 @@ def markdown(clean: tuple[str, float], rows: list[dict], victim_name: str) -> st
              "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]
     for row in rows:
         source = row["source"] + (" (white-box)" if row["source"] == victim_name else "")
-        lines.append(f"| {NAMES.get(row['attack'], row['attack'])}, {source} | {row['eps']:g} | "
+        lines.append(f"| {row['name']}, {source} | {row['eps']:g} | "
                      f"{cell(row['attacked'], clean[0])} | "
                      + " | ".join(cell(row["purified"][n], clean[0]) for n in names) + " |")
     fooled = [r for r in rows if r["attacked"][0] != clean[0]]
+    missed = [r for r in rows if r["attacked"][0] == clean[0]]
     lines.append("")
     for n in names:
         back = sum(r["purified"][n][0] == clean[0] for r in fooled)
-        kept = sum(r["purified"][n][0] == clean[0] for r in rows if r not in fooled)
+        kept = sum(r["purified"][n][0] == clean[0] for r in missed)
         lines.append(f"- {n}: gave back the clean top-1 in {back} of the {len(fooled)} cases the attack won; "
-                     f"kept it in {kept} of {len(rows) - len(fooled)} it did not")
+                     f"kept it in {kept} of {len(missed)} it did not")
     return "\n".join(lines)
 
 
