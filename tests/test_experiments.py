@@ -137,6 +137,7 @@ def test_classifier_attack_inputs_raise_the_cross_entropy_of_the_own_prediction(
 def test_backbone_group_reaches_every_extractor(tmp_path):
     for overrides, name in [(["backbone=vgg16", "backbone.pretrained=false", "backbone.layer=9"], "vgg16[:9]"),
                             (["backbone=vgg19", "backbone.pretrained=false"], "vgg19[:18]"),
+                            (["backbone=vgg19_relu3_1", "backbone.pretrained=false"], "vgg19_relu3_1"),
                             (["backbone=mobilenet_v2", "backbone.layer=4"], "mobilenet_v2[:4]"),
                             (["backbone=timm", "backbone.model_name=resnet18", "backbone.pretrained=false",
                               "backbone.out_index=1"], "resnet18@1")]:

@@ -63,3 +63,61 @@ def test_a_broken_weights_file_is_named_in_the_error(tmp_path):
 def test_layer_out_of_range_is_refused():
     with pytest.raises(ValueError, match="layer must be in"):
         features.vgg16(layer=99, pretrained=False)
+
+
+def _wct_state_from(trunk: torch.nn.Sequential) -> dict[str, torch.Tensor]:
+    """A ``vgg_normalised_conv3_1.pth`` in the WCT layout whose 3x3 convs are torchvision VGG19's
+    ``features.{0,2,5,7,10}`` and whose 1x1 conv 0 is Caffe's input transform."""
+    caffe = torch.zeros(3, 3, 1, 1)
+    for out_ch, in_ch in enumerate((2, 1, 0)):  # BGR <- RGB
+        caffe[out_ch, in_ch] = 255.0
+    state = {"0.weight": caffe, "0.bias": -torch.tensor([103.939, 116.779, 123.68])}
+    for wct, tv in zip((2, 5, 9, 12, 16), (0, 2, 5, 7, 10)):
+        state[f"{wct}.weight"], state[f"{wct}.bias"] = trunk[tv].weight.detach(), trunk[tv].bias.detach()
+    return state
+
+
+@pytest.fixture
+def vgg19_trunk_in_wct_file(empty_torch_home):
+    """A random torchvision ``vgg19().features[:12]`` and its WCT-layout file in the torch hub cache."""
+    torch.manual_seed(0)
+    trunk = __import__("torchvision").models.vgg19().features[:12].eval()
+    empty_torch_home.mkdir(parents=True)
+    torch.save(_wct_state_from(trunk), empty_torch_home / features.VGG19_RELU3_1_FILE)
+    return trunk
+
+
+def test_vgg19_relu3_1_is_torchvision_vgg19_to_relu3_1_away_from_the_borders(vgg19_trunk_in_wct_file):
+    """The file's layout maps onto torchvision ``vgg19().features[:12]`` (relu3_1) on Caffe input;
+    only the padding differs (reflection there, zeros here), so the centres agree."""
+    trunk = vgg19_trunk_in_wct_file
+    f = features.vgg19_relu3_1()  # found in the torch hub cache
+    x = torch.rand(2, 3, 64, 64)
+    bgr = x.flip(1) * 255.0 - torch.tensor([103.939, 116.779, 123.68]).view(1, 3, 1, 1)
+    ours, reference = f(x), trunk(bgr)
+    assert ours.shape == reference.shape == (2, 256, 16, 16)
+    scale = reference.abs().max().item()
+    torch.testing.assert_close(ours[..., 4:-4, 4:-4], reference[..., 4:-4, 4:-4], rtol=1e-4, atol=1e-5 * scale)
+    assert (ours - reference)[..., 0, :].abs().max() > 1e-3 * scale  # the borders do differ: reflection padding kept
+    assert not any(p.requires_grad for p in f.parameters())
+
+
+def test_vgg19_relu3_1_names_the_missing_file_and_refuses_another_layout(empty_torch_home, tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="vgg_normalised_conv3_1.pth.*GOTStyleTranfer"):
+        features.vgg19_relu3_1()
+    other = tmp_path / "vgg16.pth"
+    torch.save(__import__("torchvision").models.vgg16().features[:4].state_dict(), other)
+    with pytest.raises(ValueError, match="not the WCT VGG19-to-relu3_1 encoder"):
+        features.vgg19_relu3_1(weights_path=str(other))
+
+
+def test_nrp_attack_takes_the_vgg19_relu3_1_backbone(vgg19_trunk_in_wct_file, empty_torch_home, tmp_path):
+    from nrp_lightning.cli_attack import build_backbone
+    from nrp_lightning.cli_common import UsageError
+
+    moved = tmp_path / "wct.pth"
+    (empty_torch_home / features.VGG19_RELU3_1_FILE).rename(moved)
+    f = build_backbone("vgg19_relu3_1", None, str(moved))  # --weights FILE
+    torch.testing.assert_close(f.body[2].bias, vgg19_trunk_in_wct_file[0].bias)
+    with pytest.raises(UsageError, match="--layer does not apply"):
+        build_backbone("vgg19_relu3_1", 12, str(moved))

@@ -60,7 +60,8 @@ def attack_parser() -> argparse.ArgumentParser:
     ssp.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
                      help="step sizes: constant (the authors') or cosine, decaying from --step-size (with --steps 15 "
                           "--step-size 16: 0.98 of the 100-step distortion at 15%% of its cost; default constant)")
-    ssp.add_argument("--backbone", default="vgg16", help="vgg16 (paper), vgg19, mobilenet_v2 (weights ship "
+    ssp.add_argument("--backbone", default="vgg16", help="vgg16 (paper), vgg19, vgg19_relu3_1 (the WCT encoder: "
+                                                         "give its file with --weights), mobilenet_v2 (weights ship "
                                                          "offline) or timm:NAME (default vgg16)")
     ssp.add_argument("--layer", type=int, help="torchvision: modules of .features kept (vgg16 16 = relu3_3, "
                                                "mobilenet_v2 7); timm: feature stage index (default 2)")
@@ -112,8 +113,12 @@ def build_backbone(name: str, layer: int | None, weights: str | None) -> torch.n
 
     if name.startswith("timm:"):
         return features.timm_features(name.removeprefix("timm:"), TIMM_DEFAULT_INDEX if layer is None else layer)
+    if name == "vgg19_relu3_1":
+        if layer is not None:
+            raise UsageError("vgg19_relu3_1 ends at relu3_1: --layer does not apply to it")
+        return features.vgg19_relu3_1(weights_path=weights)
     if name not in BACKBONE_LAYERS:
-        raise UsageError(f"unknown backbone {name!r}; choose vgg16, vgg19, mobilenet_v2 or timm:NAME")
+        raise UsageError(f"unknown backbone {name!r}; choose vgg16, vgg19, vgg19_relu3_1, mobilenet_v2 or timm:NAME")
     return getattr(features, name)(layer=BACKBONE_LAYERS[name] if layer is None else layer, weights_path=weights)
 
 

@@ -7,12 +7,13 @@ when a parent calls ``.train()``.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
-from nrp_lightning.weights import resolve_torchvision_weights
+from nrp_lightning.weights import WeightsNotFoundError, hub_checkpoint_dir, load_state_dict, resolve_torchvision_weights
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,61 @@ def vgg16(layer: int = 16, pretrained: bool = True, weights_path: str | None = N
 def vgg19(layer: int = 18, pretrained: bool = True, weights_path: str | None = None) -> FeatureExtractor:
     """VGG19 ``features[:layer]``; ``layer=18`` ends at relu3_4."""
     return FeatureExtractor(_torchvision_trunk("vgg19", layer, pretrained, weights_path), f"vgg19[:{layer}]")
+
+
+# The normalised Caffe VGG19 of WCT style transfer (Li et al. 2017) up to relu3_1, in the layout of
+# its PyTorch port (file ``vgg_normalised_conv3_1.pth``): module i of the Sequential is module i of
+# the original Torch model, so the file's keys are 0, 2, 5, 9, 12 and 16 (the convolutions).
+VGG19_RELU3_1_FILE = "vgg_normalised_conv3_1.pth"
+VGG19_RELU3_1_SHA256 = "4ffff49ad5cdc3337374b947918f35f903fcb0898b0b5eebfcbd601b99fc3929"
+VGG19_RELU3_1_SOURCE = ("models/vgg_normalised_conv3_1.pth of github.com/jkbehne/GOTStyleTranfer (commit 9268fb8), "
+                        "the PyTorch port of the WCT encoder (no licence stated: keep it out of repositories)")
+
+
+def vgg19_relu3_1_body() -> nn.Sequential:
+    """The WCT encoder to relu3_1, randomly initialised: ``(B,3,H,W)`` RGB in [0,1] ->
+    ``(B,256,H//4,W//4)``. Module 0 is a 1x1 conv that the weights file sets to Caffe's input
+    transform (BGR x 255 minus the channel means); the 3x3 convs pad by reflection."""
+    def conv3(c_in: int, c_out: int) -> list[nn.Module]:
+        return [nn.ReflectionPad2d(1), nn.Conv2d(c_in, c_out, 3), nn.ReLU()]
+
+    return nn.Sequential(
+        nn.Conv2d(3, 3, 1),                            # 0: RGB [0,1] -> Caffe input
+        *conv3(3, 64), *conv3(64, 64),                 # 1-6: relu1_1, relu1_2
+        nn.MaxPool2d(2, 2),                            # 7
+        *conv3(64, 128), *conv3(128, 128),             # 8-13: relu2_1, relu2_2
+        nn.MaxPool2d(2, 2),                            # 14
+        *conv3(128, 256),                              # 15-17: relu3_1
+    )
+
+
+def vgg19_relu3_1(weights_path: str | None = None, pretrained: bool = True) -> FeatureExtractor:
+    """ImageNet VGG19 (Caffe, normalised for style transfer) to relu3_1: 256 channels at stride 4,
+    the VGG family of the paper's F (its VGG16 relu3_3 cannot be had offline).
+
+    ``weights_path``: the file ``vgg_normalised_conv3_1.pth``; without it the torch hub cache
+    (``$TORCH_HOME/hub/checkpoints/vgg_normalised_conv3_1.pth``) is read. The file has no licence
+    stated, so nrp-lightning never downloads it: fetch it yourself (``VGG19_RELU3_1_SOURCE``).
+    Raises ``WeightsNotFoundError`` when no file is found, ``ValueError`` for a file of another layout."""
+    body = vgg19_relu3_1_body()
+    if pretrained:
+        path = Path(weights_path).expanduser() if weights_path else hub_checkpoint_dir() / VGG19_RELU3_1_FILE
+        if not path.is_file():
+            raise WeightsNotFoundError(
+                f"no weights for vgg19_relu3_1: {path} does not exist. Fix: save {VGG19_RELU3_1_SOURCE} "
+                f"(sha256 {VGG19_RELU3_1_SHA256[:8]}...) as {hub_checkpoint_dir() / VGG19_RELU3_1_FILE}, "
+                "or pass its path (in training configs: backbone.weights_path=/path/to/file)")
+        state = load_state_dict(path)
+        try:
+            body.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"{path} is not the WCT VGG19-to-relu3_1 encoder (expected the keys "
+                             f"0/2/5/9/12/16 .weight/.bias): {str(exc).splitlines()[0]}") from None
+    else:
+        log.warning("vgg19_relu3_1 feature extractor is randomly initialised (pretrained=false): fine for tests, "
+                    "meaningless for training a purifier")
+    # Module 0 already maps RGB [0, 1] to the network's input, so no normalization before it.
+    return FeatureExtractor(body, "vgg19_relu3_1", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
 def mobilenet_v2(layer: int = 7, pretrained: bool = True, weights_path: str | None = None) -> FeatureExtractor:
