@@ -3,7 +3,7 @@ import pytest
 import torch
 from _tiny import smooth_images
 
-from nrp_lightning.defenses import (JPEG, TVM, BitDepth, GaussianBlur, MedianFilter, NoDefense, NRPDefense,
+from nrp_lightning.defenses import (JPEG, TVM, BitDepth, DynamicNoise, GaussianBlur, MedianFilter, NoDefense, NRPDefense,
                                     RandomResizePad, load_nrp)
 from nrp_lightning.models.purifier import RRDBPurifier
 
@@ -14,7 +14,7 @@ def _defenses():
     torch.manual_seed(0)
     return {"none": NoDefense(), "jpeg": JPEG(75), "tvm": TVM(steps=10), "median": MedianFilter(3),
             "blur": GaussianBlur(1.0), "bits": BitDepth(4), "r&p": RandomResizePad(),
-            "nrp": NRPDefense(RRDBPurifier(nf=8, nb=1, gc=4), dynamic=True)}
+            "noise": DynamicNoise(), "nrp": NRPDefense(RRDBPurifier(nf=8, nb=1, gc=4), dynamic=True)}
 
 
 @pytest.mark.parametrize("name", list(_defenses()))
@@ -55,10 +55,22 @@ def test_median_filter_removes_salt_noise_and_tvm_lowers_total_variation():
 
 def test_randomised_defences_say_so_and_draw_fresh_randomness():
     x = smooth_images(1, size=32)
-    for defense in (RandomResizePad(), TVM(steps=2), NRPDefense(RRDBPurifier(8, 1, 4), dynamic=True)):
+    for defense in (RandomResizePad(), TVM(steps=2), DynamicNoise(), NRPDefense(RRDBPurifier(8, 1, 4), dynamic=True)):
         assert defense.randomized
         assert not torch.equal(defense(x), defense(x))
     assert not JPEG().randomized and not NRPDefense(RRDBPurifier(8, 1, 4)).randomized
+
+
+def test_dynamic_noise_is_the_input_nrp_dynamic_purifies():
+    """Same seed, same draw: NRP_dynamic(x) = P(DynamicNoise(x)), and the noise stays within eps."""
+    x = smooth_images(2, size=32)
+    purifier = RRDBPurifier(8, 1, 4)
+    torch.manual_seed(3)
+    noisy = DynamicNoise()(x)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        torch.testing.assert_close(NRPDefense(purifier, dynamic=True)(x), purifier(noisy).clamp(0, 1))
+    assert (noisy - x).abs().max() <= 16 / 255 + 1e-6 and (noisy - x).abs().mean() > 0.02
 
 
 def test_load_nrp_round_trips_a_state_dict_and_explains_a_wrong_file(tmp_path):
@@ -76,7 +88,7 @@ def test_load_nrp_round_trips_a_state_dict_and_explains_a_wrong_file(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [lambda: JPEG(0), lambda: MedianFilter(2), lambda: BitDepth(9),
-                                 lambda: GaussianBlur(0), lambda: TVM(keep_prob=0)])
+                                 lambda: GaussianBlur(0), lambda: TVM(keep_prob=0), lambda: DynamicNoise(eps=0)])
 def test_bad_settings_fail_early(bad):
     with pytest.raises(ValueError):
         bad()

@@ -1,5 +1,5 @@
 """Baseline input-transformation defences (Table 1's JPEG, TVM, R&P; median filter, bit-depth
-reduction, Gaussian blur). All map ``(B,3,H,W)`` in [0,1] to the same shape in [0,1].
+reduction, Gaussian blur; dynamic inference's noise alone). All map ``(B,3,H,W)`` in [0,1] to the same shape in [0,1].
 
 kornia does the filtering and the differentiable JPEG; real JPEG goes through PIL so that the
 deployed defence is the codec itself, not its approximation.
@@ -15,6 +15,7 @@ from PIL import Image
 
 from nrp_lightning.defenses.base import Defense
 from nrp_lightning.images import load_pil, to_uint8
+from nrp_lightning.purify import DYNAMIC_EPS, DYNAMIC_SIGMA, dynamic_perturb
 
 
 class JPEG(Defense):
@@ -151,3 +152,23 @@ class RandomResizePad(Defense):
         top, left = int(torch.randint(0, pad_h + 1, ())), int(torch.randint(0, pad_w + 1, ()))
         padded = F.pad(resized, (left, pad_w - left, top, pad_h - top), value=0.0)
         return F.interpolate(padded, size=(h, w), mode="bilinear", align_corners=False, antialias=True).clamp(0.0, 1.0)
+
+
+class DynamicNoise(Defense):
+    """Dynamic inference's random input without the purifier: ``clip(clip(x + sigma*N(0,1),
+    x +- eps/255), 0, 1)`` (``sigma`` in [0, 1] units, ``eps`` in /255; defaults those of
+    ``NRPDefense(dynamic=True)``). The control for dynamic inference: what the noise alone
+    undoes, so that the purifier's share of ``NRP_dynamic``'s reading shows. Random: attack it
+    with EOT. Differentiable."""
+
+    randomized = True
+    has_gradient = exact_gradient = True
+
+    def __init__(self, sigma: float = DYNAMIC_SIGMA, eps: float = DYNAMIC_EPS) -> None:
+        super().__init__()
+        if sigma <= 0 or eps <= 0:
+            raise ValueError(f"noise sigma and eps must be > 0, got sigma={sigma}, eps={eps}")
+        self.sigma, self.eps = float(sigma), float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dynamic_perturb(x, sigma=self.sigma, eps=self.eps)
