@@ -83,7 +83,7 @@ def vgg19_trunk_in_wct_file(empty_torch_home):
     torch.manual_seed(0)
     trunk = __import__("torchvision").models.vgg19().features[:12].eval()
     empty_torch_home.mkdir(parents=True)
-    torch.save(_wct_state_from(trunk), empty_torch_home / features.VGG19_RELU3_1_FILE)
+    torch.save(_wct_state_from(trunk), empty_torch_home / TORCHVISION_WEIGHTS["vgg19_relu3_1"].filename)
     return trunk
 
 
@@ -116,7 +116,7 @@ def test_nrp_attack_takes_the_vgg19_relu3_1_backbone(vgg19_trunk_in_wct_file, em
     from nrp_lightning.cli_common import UsageError
 
     moved = tmp_path / "wct.pth"
-    (empty_torch_home / features.VGG19_RELU3_1_FILE).rename(moved)
+    (empty_torch_home / TORCHVISION_WEIGHTS["vgg19_relu3_1"].filename).rename(moved)
     f = build_backbone("vgg19_relu3_1", None, str(moved))  # --weights FILE
     torch.testing.assert_close(f.body[2].bias, vgg19_trunk_in_wct_file[0].bias)
     with pytest.raises(UsageError, match="--layer does not apply"):

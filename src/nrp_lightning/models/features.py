@@ -7,13 +7,12 @@ when a parent calls ``.train()``.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
-from nrp_lightning.weights import WeightsNotFoundError, hub_checkpoint_dir, load_state_dict, resolve_torchvision_weights
+from nrp_lightning.weights import resolve_torchvision_weights
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +77,7 @@ def vgg19(layer: int = 18, pretrained: bool = True, weights_path: str | None = N
 # The normalised Caffe VGG19 of WCT style transfer (Li et al. 2017) up to relu3_1, in the layout of
 # its PyTorch port (file ``vgg_normalised_conv3_1.pth``): module i of the Sequential is module i of
 # the original Torch model, so the file's keys are 0, 2, 5, 9, 12 and 16 (the convolutions).
-VGG19_RELU3_1_FILE = "vgg_normalised_conv3_1.pth"
-VGG19_RELU3_1_SHA256 = "4ffff49ad5cdc3337374b947918f35f903fcb0898b0b5eebfcbd601b99fc3929"
-VGG19_RELU3_1_SOURCE = ("models/vgg_normalised_conv3_1.pth of github.com/jkbehne/GOTStyleTranfer (commit 9268fb8), "
-                        "the PyTorch port of the WCT encoder (no licence stated: keep it out of repositories)")
+# Its weights: weights.TORCHVISION_WEIGHTS["vgg19_relu3_1"].
 
 
 def vgg19_relu3_1_body() -> nn.Sequential:
@@ -107,21 +103,16 @@ def vgg19_relu3_1(weights_path: str | None = None, pretrained: bool = True) -> F
 
     ``weights_path``: the file ``vgg_normalised_conv3_1.pth``; without it the torch hub cache
     (``$TORCH_HOME/hub/checkpoints/vgg_normalised_conv3_1.pth``) is read. The file has no licence
-    stated, so nrp-lightning never downloads it: fetch it yourself (``VGG19_RELU3_1_SOURCE``).
+    stated, so nrp-lightning never downloads it: fetch it yourself (its ``source`` in
+    ``weights.TORCHVISION_WEIGHTS``).
     Raises ``WeightsNotFoundError`` when no file is found, ``ValueError`` for a file of another layout."""
     body = vgg19_relu3_1_body()
     if pretrained:
-        path = Path(weights_path).expanduser() if weights_path else hub_checkpoint_dir() / VGG19_RELU3_1_FILE
-        if not path.is_file():
-            raise WeightsNotFoundError(
-                f"no weights for vgg19_relu3_1: {path} does not exist. Fix: save {VGG19_RELU3_1_SOURCE} "
-                f"(sha256 {VGG19_RELU3_1_SHA256[:8]}...) as {hub_checkpoint_dir() / VGG19_RELU3_1_FILE}, "
-                "or pass its path (in training configs: backbone.weights_path=/path/to/file)")
-        state = load_state_dict(path)
+        state = resolve_torchvision_weights("vgg19_relu3_1", weights_path)
         try:
             body.load_state_dict(state)
         except RuntimeError as exc:
-            raise ValueError(f"{path} is not the WCT VGG19-to-relu3_1 encoder (expected the keys "
+            raise ValueError(f"{weights_path or 'the cached file'} is not the WCT VGG19-to-relu3_1 encoder (expected the keys "
                              f"0/2/5/9/12/16 .weight/.bias): {str(exc).splitlines()[0]}") from None
     else:
         log.warning("vgg19_relu3_1 feature extractor is randomly initialised (pretrained=false): fine for tests, "
