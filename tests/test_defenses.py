@@ -73,6 +73,25 @@ def test_dynamic_noise_is_the_input_nrp_dynamic_purifies():
     assert (noisy - x).abs().max() <= 16 / 255 + 1e-6 and (noisy - x).abs().mean() > 0.02
 
 
+def test_load_nrp_sets_the_dynamic_noise_level_and_keys_it(tmp_path):
+    """``noise_std``/``noise_eps`` reach the draw (same seed: the purifier of exactly that noise) and
+    the repr, so a screen of noise levels never answers one level from another's cache."""
+    purifier = RRDBPurifier(nf=8, nb=1, gc=4)
+    torch.save(purifier.state_dict(), tmp_path / "p.pth")
+    default = load_nrp(str(tmp_path / "p.pth"), dynamic=True)
+    wide = load_nrp(str(tmp_path / "p.pth"), dynamic=True, noise_std=0.2, noise_eps=24)
+    assert (default.noise_std, default.eps) == (0.05, 16.0) and repr(default) != repr(wide)
+    x = smooth_images(2, size=32)
+    torch.manual_seed(0)
+    noisy = DynamicNoise(sigma=0.2, eps=24)(x)
+    assert 16 / 255 < (noisy - x).abs().max() <= 24 / 255 + 1e-6
+    torch.manual_seed(0)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x), purifier(noisy).clamp(0, 1))
+    with pytest.raises(ValueError, match="noise_std and eps must be > 0"):
+        load_nrp(str(tmp_path / "p.pth"), dynamic=True, noise_std=0)
+
+
 def test_load_nrp_round_trips_a_state_dict_and_explains_a_wrong_file(tmp_path):
     purifier = RRDBPurifier(nf=8, nb=1, gc=4)
     torch.save(purifier.state_dict(), tmp_path / "p.pth")

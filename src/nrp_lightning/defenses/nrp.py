@@ -31,6 +31,8 @@ class NRPDefense(Defense):
     def __init__(self, purifier: nn.Module, dynamic: bool = False, noise_std: float = DYNAMIC_SIGMA,
                  eps: float = DYNAMIC_EPS, gate: PurificationGate | None = None) -> None:
         super().__init__()
+        if noise_std <= 0 or eps <= 0:
+            raise ValueError(f"dynamic inference's noise_std and eps must be > 0, got noise_std={noise_std}, eps={eps}")
         self.purifier = purifier.eval().requires_grad_(False)
         self.dynamic, self.noise_std, self.eps = bool(dynamic), float(noise_std), float(eps)
         self.randomized = self.dynamic
@@ -45,7 +47,8 @@ class NRPDefense(Defense):
 
 
 def load_nrp(weights: str | None = None, dynamic: bool = False, gate: bool = False,
-             gate_threshold: float | None = None) -> NRPDefense:
+             gate_threshold: float | None = None, noise_std: float = DYNAMIC_SIGMA,
+             noise_eps: float = DYNAMIC_EPS) -> NRPDefense:
     """``NRPDefense`` from any purifier file ``load_purifier`` reads: the authors' ``NRP.pth`` /
     ``NRP_resG.pth``, our exported ``purifier.pth`` or a training ``.ckpt`` (architecture and sizes
     are read from the keys and shapes); ``None``: the purifier shipped with the package.
@@ -56,10 +59,14 @@ def load_nrp(weights: str | None = None, dynamic: bool = False, gate: bool = Fal
 
     ``gate=True``: purify only the inputs the purification gate flags, with the gate calibrated for
     this purifier (the ``"gate"`` entry of its card; ``gate_threshold`` overrides τ).
-    ``GateConfigError`` when the purifier has no calibrated gate."""
+    ``GateConfigError`` when the purifier has no calibrated gate.
+
+    ``noise_std`` ([0, 1] units) and ``noise_eps`` (/255) set dynamic inference's noise (defaults:
+    the authors' 0.05 and 16), e.g. ``"+defenses.NRP_dyn8={..., dynamic: true, noise_std: 0.08}"``
+    to screen another level; both are in the repr, so each level is cached apart."""
     purifier = load_purifier(weights)
     gate_module = load_gate(purifier, gate_threshold) if gate else None
-    defense = NRPDefense(purifier, dynamic=dynamic, gate=gate_module)
+    defense = NRPDefense(purifier, dynamic=dynamic, noise_std=noise_std, eps=noise_eps, gate=gate_module)
     defense.weights = f"{purifier.path} sha256:{sha256_of(Path(purifier.path))[:16]}"
     return defense
 
