@@ -9,6 +9,7 @@ purifier, on its purification. ✓: the clean photo's top-1 (kept by the attack,
 
     python lab/page_cases.py nrp_cpu nrp_real             # the shipped purifiers on chelsea, victim MobileNetV2
     python lab/page_cases.py outputs/RUN/purifier.pth --photo astronaut --eps 8
+    python lab/page_cases.py nrp_cpu nrp_real --dynamic   # also each with dynamic inference (seeded draw)
 
 About 3 minutes for two purifiers on the 2-core CPU without AVX-512 (16 attacks at 451x300).
 """
@@ -103,6 +104,8 @@ def main() -> None:
     parser.add_argument("--victim", default="mobilenet_v2", help="the page's victim classifier (default: %(default)s)")
     parser.add_argument("--eps", type=float, nargs="+", default=[16, 8], help="budgets /255 (default: 16 8)")
     parser.add_argument("--seed", type=int, default=0, help="the attack's seed, as the page sends it")
+    parser.add_argument("--dynamic", action="store_true", help="add a column per purifier with dynamic inference "
+                                                                 "(the noise drawn from --seed, one draw per case)")
     args = parser.parse_args()
 
     from nrp_lightning.cli_purify import build_source
@@ -122,6 +125,9 @@ def main() -> None:
     for name in args.purifiers:
         purifier = load_purifier(name)
         purifiers[Path(name).stem] = lambda batch, p=purifier: purify_images(p, batch)
+        if args.dynamic:
+            purifiers[f"{Path(name).stem} dynamic"] = lambda batch, p=purifier: purify_images(
+                p, batch, dynamic=True, generator=torch.Generator().manual_seed(args.seed))
     clean, rows = run_cases(x, victim, sources, purifiers, imagenet_labels(), args.eps, seed=args.seed,
                             progress=lambda r: print(f"  {r['attack']} {r['source']} eps {r['eps']:g}", file=sys.stderr))
     print(f"photo {photo}, {tuple(x.shape[1:])}, seed {args.seed}")
